@@ -1,0 +1,57 @@
+"""The config boundary: ml_collections in, typed components out.
+
+Modules, schedules and samplers never see the whole config; these builders
+pull out the few values each needs.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+import ml_collections
+
+from jaxdiff import models as models_lib
+from jaxdiff import sde as sde_lib
+
+# Options each sampler reads from config.sampling.
+_SAMPLER_OPTIONS = {"ddim": ("eta",), "pc": ("snr",)}
+
+
+def build_model(config: ml_collections.ConfigDict):
+  """The network named by config.model.name with config.model.kwargs."""
+  kwargs = dict(config.model.kwargs)
+  for k, v in kwargs.items():
+    if isinstance(v, list):
+      kwargs[k] = tuple(v)
+  if config.training.conditional:
+    kwargs["num_classes"] = config.data.num_classes
+  return models_lib.make_model(config.model.name, **kwargs)
+
+
+def build_process(config: ml_collections.ConfigDict):
+  """The forward process: an SDE, or the DDGM gamma chain."""
+  d = config.diffusion
+  if d.noise == "gamma":
+    from jaxdiff import gamma  # pylint: disable=g-import-not-at-top
+    return gamma.make_gamma_process(
+        d.schedule, num_steps=d.num_steps or 1000, theta0=d.gamma_theta0,
+        **dict(d.schedule_kwargs))
+  if d.noise != "gaussian":
+    raise ValueError(f"Unknown config.diffusion.noise {d.noise!r}; use "
+                     "'gaussian' or 'gamma'.")
+  if d.sde == "ve":
+    return sde_lib.make_sde("ve", sigma_min=d.sigma_min, sigma_max=d.sigma_max)
+  return sde_lib.make_sde(d.sde, schedule=d.schedule,
+                          num_steps=d.num_steps or None,
+                          schedule_kwargs=dict(d.schedule_kwargs))
+
+
+def sampler_options(config: ml_collections.ConfigDict,
+                    method: Optional[str] = None) -> Dict[str, Any]:
+  """Keyword options for the configured sampler (eta for ddim, snr for pc)."""
+  method = method or config.sampling.method
+  return {k: config.sampling[k] for k in _SAMPLER_OPTIONS.get(method, ())}
+
+
+def to_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())

@@ -1,0 +1,803 @@
+"""Image classification data sets as numpy arrays, loaded by name.
+
+    ds = load("mnist", "train")            # from $JAXDIFF_DATA_DIR/mnist/
+    ds.images  # [60000, 28, 28, 1] uint8
+    ds.labels  # [60000] int32
+
+Every loader reads a data set's canonical on-disk format (IDX .gz for MNIST,
+the binary batches for CIFAR-10, MedMNIST's npz), validates it and raises
+`DataError` for a malformed file or `DataNotFoundError` for a missing one,
+with the path and what to do. Only numpy, Pillow and the standard library are
+used; nothing here imports JAX.
+
+Data root: `data_dir=`, else $JAXDIFF_DATA_DIR, else ~/.cache/jaxdiff/data.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+import zipfile
+import zlib
+from typing import (Callable, Dict, List, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
+
+import numpy as np
+from PIL import Image
+
+from jaxdiff.data.download import DataError
+from jaxdiff.data.download import DataNotFoundError
+from jaxdiff.data import download as _download
+from jaxdiff.registry import Registry
+
+
+class Dataset(NamedTuple):
+  """One split of a labelled image data set.
+
+  Attributes:
+    images: [N, H, W, C] uint8, C in {1, 3}.
+    labels: [N] int32 in [0, num_classes).
+    num_classes: the number of classes.
+    class_names: `num_classes` human-readable names, index = label.
+  """
+  images: np.ndarray  # [N, H, W, C] uint8
+  labels: np.ndarray  # [N] int32
+  num_classes: int
+  class_names: Tuple[str, ...]
+
+
+Loader = Callable[..., Dataset]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+SPLITS = ("train", "test")
+MEDMNIST_SPLITS = ("train", "val", "test")
+
+MNIST_CLASSES = tuple(str(i) for i in range(10))
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+    "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+    "ship", "truck")
+ORGANAMNIST_CLASSES = (
+    "bladder", "femur-left", "femur-right", "heart", "kidney-left",
+    "kidney-right", "liver", "lung-left", "lung-right", "pancreas", "spleen")
+
+# Class names of the 2D MedMNIST v2 flags (medmnist's INFO[flag]["label"]).
+MEDMNIST_CLASSES: Dict[str, Tuple[str, ...]] = {
+    "pathmnist": (
+        "adipose", "background", "debris", "lymphocytes", "mucus",
+        "smooth muscle", "normal colon mucosa", "cancer-associated stroma",
+        "colorectal adenocarcinoma epithelium"),
+    # Multi-label (14 findings per image); see `_read_medmnist_npz`.
+    "chestmnist": (
+        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass",
+        "nodule", "pneumonia", "pneumothorax", "consolidation", "edema",
+        "emphysema", "fibrosis", "pleural", "hernia"),
+    "dermamnist": (
+        "actinic keratoses and intraepithelial carcinoma",
+        "basal cell carcinoma", "benign keratosis-like lesions",
+        "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions"),
+    "octmnist": (
+        "choroidal neovascularization", "diabetic macular edema", "drusen",
+        "normal"),
+    "pneumoniamnist": ("normal", "pneumonia"),
+    "retinamnist": ("0", "1", "2", "3", "4"),
+    "breastmnist": ("malignant", "normal, benign"),
+    "bloodmnist": (
+        "basophil", "eosinophil", "erythroblast", "immature granulocytes",
+        "lymphocyte", "monocyte", "neutrophil", "platelet"),
+    "tissuemnist": (
+        "Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule",
+        "Glomerular endothelial cells", "Interstitial endothelial cells",
+        "Leukocytes", "Podocytes", "Proximal Tubule Segments",
+        "Thick Ascending Limb"),
+    "organamnist": ORGANAMNIST_CLASSES,
+    "organcmnist": ORGANAMNIST_CLASSES,
+    "organsmnist": ORGANAMNIST_CLASSES,
+}
+MEDMNIST_FLAGS = tuple(MEDMNIST_CLASSES)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+_IDX_IMAGES_MAGIC = 2051
+_IDX_LABELS_MAGIC = 2049
+_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8),
+               0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+_CIFAR_RECORD = 1 + 32 * 32 * 3  # label byte + channel-major 32x32x3 pixels
+_CIFAR_FILES = {
+    "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    "test": ("test_batch.bin",),
+}
+
+_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_MNIST_URLS = {
+    "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "fashion_mnist":
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+}
+_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+_MEDMNIST_URL = "https://zenodo.org/records/10519652"
+
+_SMALL_ASSET = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+    "organamnist_small.npz")
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def default_data_dir() -> str:
+  """Returns $JAXDIFF_DATA_DIR if set, else ~/.cache/jaxdiff/data."""
+  env = os.environ.get("JAXDIFF_DATA_DIR")
+  if env:
+    return os.path.expanduser(env)
+  return os.path.join(os.path.expanduser("~"), ".cache", "jaxdiff", "data")
+
+
+def load(name: str, split: str = "train", *, data_dir: Optional[str] = None,
+         **kwargs) -> Dataset:
+  """Loads one split of a registered data set.
+
+  Args:
+    name: a name in `DATASETS`, e.g. "mnist", "cifar10", "organamnist",
+      "folder", "organamnist_small".
+    split: "train" or "test" (MedMNIST also "val").
+    data_dir: the data root; defaults to `default_data_dir()`.
+    **kwargs: loader options, e.g. `limit=` (first N examples) or, for
+      "folder", `path=`, `image_size=`, `channels=`.
+
+  Returns:
+    The split as a `Dataset`.
+
+  Raises:
+    ValueError: unknown name or split.
+    DataNotFoundError: the files are missing and could not be downloaded.
+    DataError: a file is malformed.
+  """
+  loader = DATASETS.get(name)
+  root = (os.path.expanduser(os.fspath(data_dir)) if data_dir is not None
+          else default_data_dir())
+  return loader(root, split, **kwargs)
+
+
+def _check_split(name: str, split: str, allowed: Sequence[str]) -> None:
+  if split not in allowed:
+    raise ValueError(
+        f"Unknown split {split!r} for data set {name!r}. Known: "
+        f"{', '.join(allowed)}.")
+
+
+def _check_limit(limit: Optional[int]) -> Optional[int]:
+  if limit is None:
+    return None
+  if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)):
+    raise TypeError(f"limit must be an int or None, got {limit!r}.")
+  if limit < 0:
+    raise ValueError(f"limit must be >= 0, got {limit}.")
+  return int(limit)
+
+
+def _make_dataset(images: np.ndarray, labels: np.ndarray,
+                  class_names: Sequence[str], source: str,
+                  limit: Optional[int] = None) -> Dataset:
+  """Validates arrays, applies `limit` and builds a `Dataset`."""
+  if images.ndim == 3:
+    images = images[..., None]  # [N, H, W] -> [N, H, W, 1]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise DataError(
+        f"{source}: images have shape {images.shape}; expected [N, H, W] or "
+        "[N, H, W, C] with C = 1 or 3.")
+  if images.dtype != np.uint8:
+    raise DataError(f"{source}: images are {images.dtype}; expected uint8.")
+  labels = np.asarray(labels).reshape(-1)
+  if images.shape[0] != labels.shape[0]:
+    raise DataError(
+        f"{source}: {images.shape[0]} images but {labels.shape[0]} labels; "
+        "the files belong to different data sets or one is truncated.")
+  num_classes = len(class_names)
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise DataError(
+        f"{source}: labels span [{labels.min()}, {labels.max()}] but the data "
+        f"set has {num_classes} classes.")
+  if limit is not None:
+    images, labels = images[:limit], labels[:limit]
+  return Dataset(images=np.require(images, np.uint8, ["C", "W"]),
+                 labels=labels.astype(np.int32), num_classes=num_classes,
+                 class_names=tuple(class_names))
+
+
+def _not_found(what: str, missing: Sequence[str], directory: str, how: str,
+               notes: Sequence[str] = ()) -> DataNotFoundError:
+  files = ", ".join(os.path.basename(m) for m in missing)
+  msg = (f"{what}: missing {files} in {directory}. Put the file(s) in "
+         f"{directory} ({how}), or point data_dir= / $JAXDIFF_DATA_DIR at a "
+         "directory that holds them.")
+  if notes:
+    msg += " Automatic download: " + "; ".join(notes) + "."
+  return DataNotFoundError(msg)
+
+
+# ------------------------------------------------------------------------ IDX
+
+
+def _read_file(path: str) -> bytes:
+  """Reads a file, gunzipping it if it ends in .gz."""
+  if not path.endswith(".gz"):
+    with open(path, "rb") as f:
+      return f.read()
+  try:
+    with gzip.open(path, "rb") as f:
+      return f.read()
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    raise DataError(
+        f"{path}: not a complete gzip file ({type(e).__name__}: {e}); the "
+        "download was truncated or corrupted. Delete it and download it "
+        "again.") from e
+
+
+def parse_idx(raw: bytes, source: str = "<bytes>",
+              expected_magic: Optional[int] = None) -> np.ndarray:
+  """Parses the IDX format of MNIST-style files.
+
+  Args:
+    raw: the uncompressed file contents.
+    source: a name for error messages.
+    expected_magic: 2051 for image files, 2049 for label files, or None.
+
+  Returns:
+    The array, shaped by the header's dimensions.
+
+  Raises:
+    DataError: bad magic number, unknown dtype or wrong byte count.
+  """
+  if len(raw) < 4:
+    raise DataError(f"{source}: only {len(raw)} bytes; not an IDX file.")
+  magic = int.from_bytes(raw[:4], "big")
+  if expected_magic is not None and magic != expected_magic:
+    kind = "images" if expected_magic == _IDX_IMAGES_MAGIC else "labels"
+    raise DataError(
+        f"{source}: IDX magic number {magic}, expected {expected_magic} "
+        f"({kind}); the file is not an MNIST-format {kind} file or is "
+        "corrupt. Re-download it.")
+  if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+    raise DataError(f"{source}: IDX magic number {magic} is not valid.")
+  dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+  header = 4 + 4 * ndim
+  if len(raw) < header:
+    raise DataError(f"{source}: truncated IDX header ({len(raw)} bytes).")
+  dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big")
+               for i in range(ndim))
+  expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+  actual = len(raw) - header
+  if actual != expected:
+    raise DataError(
+        f"{source}: IDX header says {dims} ({expected} bytes of data) but the "
+        f"file has {actual}; it is "
+        f"{'truncated' if actual < expected else 'too long'}. Delete it and "
+        "download it again.")
+  array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+  return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def read_idx(path: str, expected_magic: Optional[int] = None) -> np.ndarray:
+  """Reads an IDX file, gzipped (.gz) or not.
+
+  Args:
+    path: the file.
+    expected_magic: 2051 for image files, 2049 for label files, or None.
+
+  Returns:
+    The array.
+  """
+  return parse_idx(_read_file(path), path, expected_magic)
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+  """Writes a uint8 array as an IDX file, gzipped if `path` ends in .gz.
+
+  Args:
+    path: the destination.
+    array: uint8, 1 to 3 dimensions.
+  """
+  array = np.ascontiguousarray(array, dtype=np.uint8)
+  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+      int(d).to_bytes(4, "big") for d in array.shape)
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "wb") as f:
+    f.write(header + array.tobytes())
+
+
+def _find(directory: str, base: str) -> Optional[str]:
+  """`<directory>/<base>.gz`, else `<directory>/<base>`, else None."""
+  for candidate in (base + ".gz", base):
+    path = os.path.join(directory, candidate)
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def _load_idx(name: str, class_names: Sequence[str], data_dir: str,
+              split: str, limit: Optional[int]) -> Dataset:
+  """Loads MNIST or Fashion-MNIST from `<data_dir>/<name>/`."""
+  _check_split(name, split, SPLITS)
+  limit = _check_limit(limit)
+  directory = os.path.join(data_dir, name)
+  bases = _MNIST_FILES[split]
+  paths = [_find(directory, b) for b in bases]
+  if None in paths:
+    arrays, note = _download.try_tfds(name, split, data_dir)
+    if arrays is None:
+      missing = [b + ".gz" for b, p in zip(bases, paths) if p is None]
+      raise _not_found(
+          f"{name} {split!r} split", missing, directory,
+          f"download them from {_MNIST_URLS[name]}, or `pip install "
+          "tensorflow-datasets` so jaxdiff can fetch them", [note])
+    images, labels = arrays
+    try:  # Keep the canonical layout so the next load is a plain read.
+      os.makedirs(directory, exist_ok=True)
+      write_idx(os.path.join(directory, bases[0] + ".gz"), images[..., 0])
+      write_idx(os.path.join(directory, bases[1] + ".gz"), labels)
+    except OSError:
+      pass
+    return _make_dataset(images, labels, class_names, f"tfds:{name}", limit)
+  images = read_idx(paths[0], _IDX_IMAGES_MAGIC)  # [N, H, W]
+  labels = read_idx(paths[1], _IDX_LABELS_MAGIC)  # [N]
+  if images.ndim != 3:
+    raise DataError(f"{paths[0]}: IDX images have shape {images.shape}; "
+                    "expected [N, H, W].")
+  if labels.ndim != 1:
+    raise DataError(f"{paths[1]}: IDX labels have shape {labels.shape}; "
+                    "expected [N].")
+  return _make_dataset(images, labels, class_names, directory, limit)
+
+
+@DATASETS.register("mnist")
+def load_mnist(data_dir: str, split: str = "train", *,
+               limit: Optional[int] = None) -> Dataset:
+  """MNIST from `<data_dir>/mnist/{train,t10k}-*-ubyte[.gz]`.
+
+  Args:
+    data_dir: the data root.
+    split: "train" (60000) or "test" (10000).
+    limit: keep only the first `limit` examples.
+
+  Returns:
+    [N, 28, 28, 1] uint8 images, 10 classes.
+  """
+  return _load_idx("mnist", MNIST_CLASSES, data_dir, split, limit)
+
+
+@DATASETS.register("fashion_mnist")
+def load_fashion_mnist(data_dir: str, split: str = "train", *,
+                       limit: Optional[int] = None) -> Dataset:
+  """Fashion-MNIST from `<data_dir>/fashion_mnist/{train,t10k}-*-ubyte[.gz]`.
+
+  Args:
+    data_dir: the data root.
+    split: "train" (60000) or "test" (10000).
+    limit: keep only the first `limit` examples.
+
+  Returns:
+    [N, 28, 28, 1] uint8 images, 10 classes.
+  """
+  return _load_idx("fashion_mnist", FASHION_MNIST_CLASSES, data_dir, split,
+                   limit)
+
+
+# ------------------------------------------------------------------- CIFAR-10
+
+
+def read_cifar_bin(paths: Sequence[str], limit: Optional[int] = None
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+  """Reads CIFAR-10 binary batches (records of label byte + 3072 pixels).
+
+  Args:
+    paths: the batch files, concatenated in this order.
+    limit: read only the first `limit` records.
+
+  Returns:
+    images [N, 32, 32, 3] uint8 and labels [N] uint8.
+
+  Raises:
+    DataError: a file's size is not a multiple of 3073 bytes.
+  """
+  chunks: List[np.ndarray] = []
+  remaining = limit
+  for path in paths:
+    size = os.path.getsize(path)
+    if size % _CIFAR_RECORD:
+      raise DataError(
+          f"{path}: {size} bytes is not a whole number of {_CIFAR_RECORD}-byte "
+          "CIFAR-10 records; the file is truncated or not a CIFAR-10 binary "
+          "batch (the python pickles are not read). Download it again.")
+    count = size // _CIFAR_RECORD
+    if remaining is not None:
+      count = min(count, remaining)
+      remaining -= count
+    with open(path, "rb") as f:
+      raw = f.read(count * _CIFAR_RECORD)
+    chunks.append(np.frombuffer(raw, np.uint8).reshape(count, _CIFAR_RECORD))
+    if remaining == 0:
+      break
+  records = (np.concatenate(chunks) if chunks
+             else np.zeros((0, _CIFAR_RECORD), np.uint8))  # [N, 3073]
+  labels = records[:, 0]  # [N]
+  images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return np.ascontiguousarray(images), labels  # [N, 32, 32, 3], [N]
+
+
+def write_cifar_bin(path: str, images: np.ndarray, labels: np.ndarray) -> None:
+  """Writes CIFAR-10 binary records.
+
+  Args:
+    path: the destination batch file.
+    images: [N, 32, 32, 3] uint8.
+    labels: [N] in [0, 255].
+  """
+  images = np.asarray(images, np.uint8).transpose(0, 3, 1, 2)  # [N, 3, 32, 32]
+  records = np.concatenate(
+      [np.asarray(labels, np.uint8).reshape(-1, 1),
+       images.reshape(images.shape[0], -1)], axis=1)  # [N, 3073]
+  with open(path, "wb") as f:
+    f.write(records.tobytes())
+
+
+def read_image_tar(path: str, split: str, class_names: Sequence[str],
+                   limit: Optional[int] = None,
+                   size: Optional[Tuple[int, int]] = None
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+  """Decodes `<split>/<class>/<file>` images from a tar, in memory.
+
+  Images are ordered by class index, then by file name, so the result does
+  not depend on the order of the archive's members.
+
+  Args:
+    path: the tar archive (any compression).
+    split: the top-level folder to read.
+    class_names: the class folder names, index = label.
+    limit: decode only the first `limit` images of that order.
+    size: the required (height, width), or None for any (but all equal).
+
+  Returns:
+    images [N, H, W, 3] uint8 and labels [N] int32.
+
+  Raises:
+    DataError: unreadable archive or image, unknown class, no images.
+  """
+  index = {c: i for i, c in enumerate(class_names)}
+  entries: List[Tuple[int, str, bytes]] = []
+  try:
+    with tarfile.open(path, "r:*") as tar:
+      for member in tar:
+        if not member.isfile():
+          continue
+        parts = [p for p in member.name.split("/") if p not in ("", ".")]
+        if len(parts) != 3 or parts[0] != split:
+          continue
+        cls, fname = parts[1], parts[2]
+        if not fname.lower().endswith(IMAGE_EXTENSIONS):
+          continue
+        if cls not in index:
+          raise DataError(
+              f"{path}: member {member.name!r} is in unknown class folder "
+              f"{cls!r}; expected one of {', '.join(class_names)}.")
+        entries.append((index[cls], fname, tar.extractfile(member).read()))
+  except (tarfile.TarError, EOFError, zlib.error) as e:
+    raise DataError(
+        f"{path}: unreadable tar archive ({type(e).__name__}: {e}); delete it "
+        "and download it again.") from e
+  if not entries:
+    raise DataError(f"{path}: no images under {split}/<class>/ in the "
+                    "archive.")
+  entries.sort(key=lambda e: (e[0], e[1]))
+  if limit is not None:
+    entries = entries[:limit]
+  images: List[np.ndarray] = []
+  for label, fname, data in entries:
+    try:
+      with Image.open(io.BytesIO(data)) as img:
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)  # [H, W, 3]
+    except OSError as e:
+      raise DataError(f"{path}: cannot decode {split}/{class_names[label]}/"
+                      f"{fname} ({e}).") from e
+    want = size or (images[0].shape[:2] if images else arr.shape[:2])
+    if arr.shape[:2] != tuple(want):
+      raise DataError(
+          f"{path}: {split}/{class_names[label]}/{fname} is "
+          f"{arr.shape[0]}x{arr.shape[1]}, expected {want[0]}x{want[1]}.")
+    images.append(arr)
+  labels = np.array([e[0] for e in entries], dtype=np.int32)
+  if not images:
+    return np.zeros((0,) + tuple(size or (0, 0)) + (3,), np.uint8), labels
+  return np.stack(images), labels  # [N, H, W, 3], [N]
+
+
+@DATASETS.register("cifar10")
+def load_cifar10(data_dir: str, split: str = "train", *,
+                 limit: Optional[int] = None) -> Dataset:
+  """CIFAR-10 from `<data_dir>/cifar10/`.
+
+  Sources, in order: `cifar-10-batches-bin/*.bin` (the official binary
+  layout); `cifar-10-binary.tar.gz` (the official archive, extracted safely
+  next to it); `cifar10-jpeg.tar.gz` (`<split>/<class>/NNNN.jpg`, decoded in
+  memory, ordered by class then file name); tensorflow_datasets. The python
+  pickle batches are never read.
+
+  Args:
+    data_dir: the data root.
+    split: "train" (50000) or "test" (10000).
+    limit: keep only the first `limit` examples.
+
+  Returns:
+    [N, 32, 32, 3] uint8 images, 10 classes.
+  """
+  _check_split("cifar10", split, SPLITS)
+  limit = _check_limit(limit)
+  directory = os.path.join(data_dir, "cifar10")
+  bin_dir = os.path.join(directory, "cifar-10-batches-bin")
+  paths = [os.path.join(bin_dir, n) for n in _CIFAR_FILES[split]]
+  archive = os.path.join(directory, "cifar-10-binary.tar.gz")
+  jpeg_tar = os.path.join(directory, "cifar10-jpeg.tar.gz")
+  if not all(map(os.path.isfile, paths)) and os.path.isfile(archive):
+    _download.safe_extract(archive, directory)
+  if all(map(os.path.isfile, paths)):
+    images, labels = read_cifar_bin(paths, limit)
+    return _make_dataset(images, labels, CIFAR10_CLASSES, bin_dir)
+  if os.path.isfile(jpeg_tar):
+    images, labels = read_image_tar(jpeg_tar, split, CIFAR10_CLASSES, limit,
+                                    size=(32, 32))
+    return _make_dataset(images, labels, CIFAR10_CLASSES, jpeg_tar)
+  arrays, note = _download.try_tfds("cifar10", split, data_dir)
+  if arrays is None:
+    raise _not_found(
+        f"cifar10 {split!r} split",
+        [p for p in paths if not os.path.isfile(p)], bin_dir,
+        f"unpack {_CIFAR10_URL} into {directory}, or put that archive or "
+        f"cifar10-jpeg.tar.gz in {directory}, or `pip install "
+        "tensorflow-datasets` so jaxdiff can fetch it", [note])
+  images, labels = arrays
+  try:  # Keep the canonical layout so the next load is a plain read.
+    os.makedirs(bin_dir, exist_ok=True)
+    names = _CIFAR_FILES[split]
+    for name, idx in zip(names, np.array_split(np.arange(len(labels)),
+                                                len(names))):
+      write_cifar_bin(os.path.join(bin_dir, name), images[idx], labels[idx])
+  except OSError:
+    pass
+  return _make_dataset(images, labels, CIFAR10_CLASSES, "tfds:cifar10", limit)
+
+
+# ------------------------------------------------------------------- MedMNIST
+
+
+def read_medmnist_npz(path: str, split: str, class_names: Sequence[str],
+                      limit: Optional[int] = None) -> Dataset:
+  """Reads one split of a MedMNIST-layout npz without unpickling anything.
+
+  Args:
+    path: the npz with `<split>_images` [N, H, W(, C)] uint8 and
+      `<split>_labels` [N, 1] integers.
+    split: the key prefix.
+    class_names: index = label.
+    limit: keep only the first `limit` examples.
+
+  Returns:
+    The split; grayscale images get a channel axis.
+
+  Raises:
+    DataError: not an npz, missing keys, object arrays, wrong dtype or shape.
+  """
+  image_key, label_key = f"{split}_images", f"{split}_labels"
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single .npy array, not an npz archive.")
+      missing = [k for k in (image_key, label_key) if k not in npz.files]
+      if missing:
+        raise DataError(
+            f"{path}: no {', '.join(missing)} (has {', '.join(npz.files)}); "
+            "not a MedMNIST npz or the wrong split.")
+      images = npz[image_key]
+      labels = npz[label_key]
+  except DataError:
+    raise
+  except ValueError as e:  # Object arrays with allow_pickle=False land here.
+    raise DataError(
+        f"{path}: cannot read without unpickling ({e}); it holds object "
+        "arrays, which jaxdiff refuses to load. Use the official MedMNIST "
+        "npz.") from e
+  except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+    raise DataError(
+        f"{path}: not a readable npz archive ({type(e).__name__}: {e}); delete "
+        "it and download it again.") from e
+  if images.dtype != np.uint8:
+    raise DataError(f"{path}: {image_key} is {images.dtype}; expected uint8.")
+  if not (images.ndim == 3
+          or (images.ndim == 4 and images.shape[-1] in (1, 3))):
+    raise DataError(
+        f"{path}: {image_key} has shape {images.shape}; expected [N, H, W] or "
+        "[N, H, W, 3].")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(
+        f"{path}: {label_key} is {labels.dtype}; expected integers.")
+  if labels.ndim == 2 and labels.shape[1] != 1:
+    raise DataError(
+        f"{path}: {label_key} has shape {labels.shape}: a multi-label data "
+        "set, which `Dataset` ([N] labels) does not represent.")
+  if labels.ndim not in (1, 2):
+    raise DataError(
+        f"{path}: {label_key} has shape {labels.shape}; expected [N, 1].")
+  return _make_dataset(images, labels.reshape(-1), class_names, path, limit)
+
+
+def _load_medmnist(flag: str, data_dir: str, split: str,
+                   limit: Optional[int]) -> Dataset:
+  _check_split(flag, split, MEDMNIST_SPLITS)
+  limit = _check_limit(limit)
+  root = os.path.join(data_dir, "medmnist")
+  path = os.path.join(root, f"{flag}.npz")
+  if not os.path.isfile(path):
+    got, note = _download.try_medmnist(flag, root)
+    if got is None:
+      raise _not_found(
+          flag, [path], root,
+          f"download {flag}.npz from {_MEDMNIST_URL}, or `pip install "
+          "medmnist` so jaxdiff can fetch it", [note])
+  return read_medmnist_npz(path, split, MEDMNIST_CLASSES[flag], limit)
+
+
+def _medmnist_loader(flag: str) -> Loader:
+  """Builds the registered loader of one MedMNIST flag."""
+  def loader(data_dir: str, split: str = "train", *,
+             limit: Optional[int] = None) -> Dataset:
+    return _load_medmnist(flag, data_dir, split, limit)
+  loader.__name__ = loader.__qualname__ = f"load_{flag}"
+  loader.__doc__ = (
+      f"MedMNIST {flag} from `<data_dir>/medmnist/{flag}.npz`.\n\n"
+      "Args:\n  data_dir: the data root.\n  split: \"train\", \"val\" or "
+      "\"test\".\n  limit: keep only the first `limit` examples.\n\n"
+      f"Returns:\n  uint8 images, {len(MEDMNIST_CLASSES[flag])} classes.\n")
+  return loader
+
+
+for _flag in MEDMNIST_FLAGS:
+  DATASETS.register(_flag)(_medmnist_loader(_flag))
+del _flag
+
+
+@DATASETS.register("organamnist_small")
+def load_organamnist_small(data_dir: Optional[str] = None,
+                           split: str = "train", *,
+                           limit: Optional[int] = None) -> Dataset:
+  """The OrganAMNIST subset shipped with jaxdiff (2000 train, 200 test).
+
+  Args:
+    data_dir: ignored; the file is `jaxdiff/assets/organamnist_small.npz`.
+    split: "train" or "test".
+    limit: keep only the first `limit` examples.
+
+  Returns:
+    [N, 28, 28, 1] uint8 images, 11 classes.
+  """
+  del data_dir
+  _check_split("organamnist_small", split, SPLITS)
+  limit = _check_limit(limit)
+  if not os.path.isfile(_SMALL_ASSET):
+    raise DataNotFoundError(
+        f"organamnist_small: missing {_SMALL_ASSET}, which ships with "
+        "jaxdiff. Reinstall the package, or rebuild it with `python -m "
+        "jaxdiff.data.make_small_subset DIR` from a directory holding "
+        "medmnist/organamnist.npz.")
+  return read_medmnist_npz(_SMALL_ASSET, split, ORGANAMNIST_CLASSES, limit)
+
+
+# --------------------------------------------------------------------- folder
+
+
+def _is_gray_file(path: str) -> bool:
+  """Whether an image file is grayscale (reads only its header)."""
+  try:
+    with Image.open(path) as img:
+      return img.mode in ("1", "L", "LA", "I", "I;16", "F")
+  except OSError as e:
+    raise DataError(f"{path}: cannot decode image ({e}).") from e
+
+
+@DATASETS.register("folder")
+def load_folder(data_dir: Optional[str] = None, split: str = "train", *,
+                path: Optional[str] = None,
+                image_size: Union[int, Tuple[int, int], None] = None,
+                channels: Optional[int] = None,
+                limit: Optional[int] = None) -> Dataset:
+  """Images in class sub-folders: `<path>[/<split>]/<class>/<image>`.
+
+  Classes are the sorted sub-folder names; images are ordered by class, then
+  file name (.png, .jpg, .jpeg, .bmp, any case).
+
+  Args:
+    data_dir: ignored; `path` names the folder.
+    split: reads `<path>/<split>/` if it exists, else `<path>` itself.
+    path: the folder.
+    image_size: resize every image to this (int for square, or (height,
+      width)), bicubic; None keeps sizes, which must then all agree.
+    channels: 1 (grayscale) or 3 (RGB); None picks 1 if every image is
+      grayscale, else 3.
+    limit: decode only the first `limit` images.
+
+  Returns:
+    [N, H, W, channels] uint8 images.
+
+  Raises:
+    DataNotFoundError: `path` is missing or holds no images.
+    DataError: unreadable image or differing sizes without `image_size`.
+  """
+  del data_dir
+  if path is None:
+    raise ValueError("The 'folder' data set needs path=<directory of class "
+                     "sub-folders>.")
+  if channels not in (None, 1, 3):
+    raise ValueError(f"channels must be 1, 3 or None, got {channels!r}.")
+  limit = _check_limit(limit)
+  size: Optional[Tuple[int, int]] = None
+  if image_size is not None:
+    size = ((int(image_size),) * 2 if np.ndim(image_size) == 0
+            else tuple(int(s) for s in image_size))
+    if len(size) != 2 or min(size) <= 0:
+      raise ValueError(f"image_size must be a positive int or (height, "
+                       f"width), got {image_size!r}.")
+  root = os.path.expanduser(os.fspath(path))
+  if not os.path.isdir(root):
+    raise DataNotFoundError(
+        f"folder: {root} does not exist. Create it with one sub-folder of "
+        "images per class (optionally under train/ and test/).")
+  if os.path.isdir(os.path.join(root, split)):
+    root = os.path.join(root, split)
+  else:
+    present = [s for s in MEDMNIST_SPLITS
+               if os.path.isdir(os.path.join(root, s))]
+    if present:
+      raise ValueError(
+          f"Unknown split {split!r} for folder {root}: it has "
+          f"{', '.join(present)}.")
+  classes = sorted(d for d in os.listdir(root) if not d.startswith(".")
+                   and os.path.isdir(os.path.join(root, d)))
+  files = [(label, os.path.join(root, cls, f))
+           for label, cls in enumerate(classes)
+           for f in sorted(os.listdir(os.path.join(root, cls)))
+           if f.lower().endswith(IMAGE_EXTENSIONS)
+           and os.path.isfile(os.path.join(root, cls, f))]
+  if not files:
+    raise DataNotFoundError(
+        f"folder: no images ({', '.join(IMAGE_EXTENSIONS)}) in class "
+        f"sub-folders of {root}. Lay it out as {root}/<class>/<image>.")
+  if limit is not None:
+    files = files[:limit]
+  if channels is None:
+    channels = 1 if all(_is_gray_file(f) for _, f in files) else 3
+  mode = "L" if channels == 1 else "RGB"
+  arrays: List[np.ndarray] = []
+  for _, file in files:
+    try:
+      with Image.open(file) as img:
+        img = img.convert(mode)
+    except OSError as e:
+      raise DataError(f"{file}: cannot decode image ({e}).") from e
+    if size is not None and img.size != (size[1], size[0]):
+      img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    arr = np.asarray(img, dtype=np.uint8)  # [H, W] or [H, W, 3]
+    if arrays and arr.shape != arrays[0].shape:
+      raise DataError(
+          f"{file} is {arr.shape[1]}x{arr.shape[0]} but {files[0][1]} is "
+          f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; pass image_size= to "
+          "resize.")
+    arrays.append(arr)
+  images = np.stack(arrays)  # [N, H, W] or [N, H, W, 3]
+  labels = np.array([label for label, _ in files], dtype=np.int32)
+  return _make_dataset(images, labels, classes, root)

@@ -1,0 +1,236 @@
+"""Image-quality and distribution metrics over arrays.
+
+Pure functions with no dependency on the rest of jaxdiff:
+
+* `psnr` and `ssim`: per-image full-reference metrics in JAX (jittable).
+  Images are NHWC (any number of leading batch axes is accepted) and, by
+  default, live in [-1, 1], so the data range is 2.
+* `feature_statistics` and `frechet_distance`: the Frechet distance between
+  two Gaussians fitted to feature sets (FID-style), in numpy float64.
+* `add_clipped_gaussian_noise`: the corruption used by the denoising
+  benchmark, `clip(x + sigma * n, -1, 1)` with `n ~ N(0, I)`.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# PSNR is capped at this value: identical images give exactly `PSNR_MAX_DB`
+# rather than +inf, so per-image PSNRs can be averaged safely.
+PSNR_MAX_DB = 100.0
+
+
+def _as_float(x: jax.Array) -> jax.Array:
+  """Returns `x` as a JAX array with a floating dtype (float32 for ints)."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.float32)
+  return x
+
+
+def psnr(x: jax.Array, y: jax.Array, *, data_range: float = 2.0) -> jax.Array:
+  """Per-image peak signal-to-noise ratio in dB.
+
+  PSNR = 10 log10(data_range^2 / MSE), with the MSE taken over the last three
+  axes (H, W, C). Identical images (MSE = 0) do not give +inf: the MSE is
+  floored at `data_range^2 * 10^(-PSNR_MAX_DB / 10)`, so the PSNR is capped at
+  `PSNR_MAX_DB` (100 dB) and batch means stay finite.
+
+  Args:
+    x: Images, [B, H, W, C] (or [..., H, W, C]).
+    y: Reference images, same shape as `x`.
+    data_range: Max minus min of the pixel range (2.0 for images in [-1, 1]).
+
+  Returns:
+    PSNR of each image in dB, [B] (or [...]).
+  """
+  x, y = _as_float(x), _as_float(y)
+  if x.shape != y.shape:
+    raise ValueError(f"psnr: shapes differ: {x.shape} vs {y.shape}.")
+  if x.ndim < 3:
+    raise ValueError(f"psnr: expected [..., H, W, C] images, got {x.shape}.")
+  mse = jnp.mean(jnp.square(x - y), axis=(-3, -2, -1))  # [B]
+  peak = jnp.square(jnp.asarray(data_range, mse.dtype))
+  mse = jnp.maximum(mse, peak * 10.0 ** (-PSNR_MAX_DB / 10.0))
+  return 10.0 * jnp.log10(peak / mse)  # [B]
+
+
+def _gaussian_filter_1d(filter_size: int, filter_sigma: float) -> np.ndarray:
+  """The normalised 1-D Gaussian window used by `ssim` (as in dm_pix)."""
+  hw = filter_size // 2
+  shift = (2 * hw - filter_size + 1) / 2
+  f_i = ((np.arange(filter_size) - hw + shift) / filter_sigma) ** 2
+  filt = np.exp(-0.5 * f_i)
+  return filt / filt.sum()  # [filter_size]
+
+
+def _filter_valid(z: jax.Array, filt: np.ndarray, axis: int) -> jax.Array:
+  """'valid' 1-D convolution of `z` with `filt` along `axis`.
+
+  Implemented as a weighted sum of shifted slices, which XLA fuses well for
+  small windows. Like `jnp.convolve`, the window is flipped.
+  """
+  k = len(filt)
+  n_out = z.shape[axis] - k + 1
+  taps = filt[::-1]
+  out = None
+  for i in range(k):
+    piece = jax.lax.slice_in_dim(z, i, i + n_out, axis=axis)
+    term = piece * jnp.asarray(taps[i], z.dtype)
+    out = term if out is None else out + term
+  return out
+
+
+def ssim(
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    max_val: float = 2.0,
+    filter_size: int = 11,
+    filter_sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> jax.Array:
+  """Per-image structural similarity (Wang et al., 2004).
+
+  Uses a separable Gaussian window with 'valid' filtering; the SSIM map is
+  averaged over pixels and channels (channels are treated independently, no
+  colour transform). Numerically matches `dm_pix.ssim` with the same
+  arguments.
+
+  Args:
+    x: Images, [B, H, W, C] (or [..., H, W, C]); H, W >= filter_size.
+    y: Reference images, same shape as `x`.
+    max_val: Dynamic range of the pixels (2.0 for images in [-1, 1]).
+    filter_size: Gaussian window size.
+    filter_sigma: Gaussian window standard deviation.
+    k1: Stabiliser of the luminance term, c1 = (k1 * max_val)^2.
+    k2: Stabiliser of the contrast term, c2 = (k2 * max_val)^2.
+
+  Returns:
+    Mean SSIM of each image, [B] (or [...]).
+  """
+  x, y = _as_float(x), _as_float(y)
+  if x.shape != y.shape:
+    raise ValueError(f"ssim: shapes differ: {x.shape} vs {y.shape}.")
+  if x.ndim < 3:
+    raise ValueError(f"ssim: expected [..., H, W, C] images, got {x.shape}.")
+  if min(x.shape[-3], x.shape[-2]) < filter_size:
+    raise ValueError(
+        f"ssim: images {x.shape[-3]}x{x.shape[-2]} are smaller than the "
+        f"filter ({filter_size}).")
+  filt = _gaussian_filter_1d(filter_size, filter_sigma)
+
+  def blur(z):  # [..., H, W, C] -> [..., H', W', C]
+    return _filter_valid(_filter_valid(z, filt, z.ndim - 2), filt, z.ndim - 3)
+
+  mu_x = blur(x)  # [B, H', W', C]
+  mu_y = blur(y)
+  mu_xx = mu_x * mu_x
+  mu_yy = mu_y * mu_y
+  mu_xy = mu_x * mu_y
+  var_x = blur(x * x) - mu_xx
+  var_y = blur(y * y) - mu_yy
+  cov_xy = blur(x * y) - mu_xy
+
+  # Keep the second moments valid despite cancellation errors.
+  eps = jnp.finfo(jnp.float32).eps ** 2
+  var_x = jnp.maximum(eps, var_x)
+  var_y = jnp.maximum(eps, var_y)
+  cov_xy = jnp.sign(cov_xy) * jnp.minimum(
+      jnp.sqrt(var_x * var_y), jnp.abs(cov_xy))
+
+  c1 = (k1 * max_val) ** 2
+  c2 = (k2 * max_val) ** 2
+  numer = (2.0 * mu_xy + c1) * (2.0 * cov_xy + c2)
+  denom = (mu_xx + mu_yy + c1) * (var_x + var_y + c2)
+  ssim_map = numer / denom  # [B, H', W', C]
+  return jnp.mean(ssim_map, axis=(-3, -2, -1))  # [B]
+
+
+def feature_statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """Mean and covariance of a feature set, in float64.
+
+  Args:
+    features: Features, [N, D] with N >= 2 (a 1-D array is read as D = 1).
+
+  Returns:
+    (mu [D], cov [D, D]); the covariance is unbiased (divides by N - 1).
+  """
+  f = np.asarray(features, dtype=np.float64)
+  if f.ndim == 1:
+    f = f[:, None]  # [N, 1]
+  if f.ndim != 2:
+    raise ValueError(f"feature_statistics: expected [N, D], got {f.shape}.")
+  if f.shape[0] < 2:
+    raise ValueError("feature_statistics: need at least 2 samples.")
+  mu = f.mean(axis=0)  # [D]
+  cov = np.atleast_2d(np.cov(f, rowvar=False))  # [D, D]
+  return mu, cov
+
+
+def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
+  """Symmetric square root of a symmetric PSD matrix (negatives clipped)."""
+  a = 0.5 * (a + a.T)
+  w, v = np.linalg.eigh(a)
+  w = np.sqrt(np.clip(w, 0.0, None))
+  return (v * w) @ v.T
+
+
+def frechet_distance(
+    mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray
+) -> float:
+  """Frechet distance between N(mu1, cov1) and N(mu2, cov2).
+
+  d^2 = |mu1 - mu2|^2 + tr(cov1) + tr(cov2) - 2 tr((cov1 cov2)^(1/2)).
+  The trace term is computed from the eigenvalues of the symmetric PSD matrix
+  sqrt(cov1) cov2 sqrt(cov1), which has the same spectrum as cov1 cov2; tiny
+  negative eigenvalues from round-off are clipped to zero, so the result is
+  real and stable even for singular covariances.
+
+  Args:
+    mu1: Mean of the first Gaussian, [D] (a scalar is read as D = 1).
+    cov1: Covariance of the first Gaussian, [D, D] (a scalar: a variance).
+    mu2: Mean of the second Gaussian, [D].
+    cov2: Covariance of the second Gaussian, [D, D].
+
+  Returns:
+    The (squared) Frechet distance as a Python float, clipped at 0.
+  """
+  mu1 = np.atleast_1d(np.asarray(mu1, dtype=np.float64))
+  mu2 = np.atleast_1d(np.asarray(mu2, dtype=np.float64))
+  cov1 = np.atleast_2d(np.asarray(cov1, dtype=np.float64))
+  cov2 = np.atleast_2d(np.asarray(cov2, dtype=np.float64))
+  d = mu1.shape[0]
+  if mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
+    raise ValueError(
+        f"frechet_distance: inconsistent shapes {mu1.shape}, {cov1.shape}, "
+        f"{mu2.shape}, {cov2.shape}.")
+  sqrt1 = _sqrtm_psd(cov1)  # [D, D]
+  m = sqrt1 @ cov2 @ sqrt1  # [D, D]
+  eig = np.linalg.eigvalsh(0.5 * (m + m.T))  # [D]
+  tr_covmean = np.sum(np.sqrt(np.clip(eig, 0.0, None)))
+  diff = mu1 - mu2
+  dist = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_covmean
+  return float(max(dist, 0.0))
+
+
+def add_clipped_gaussian_noise(
+    key: jax.Array, x: jax.Array, sigma: float
+) -> jax.Array:
+  """Denoising-benchmark corruption: clip(x + sigma * n, -1, 1), n ~ N(0, I).
+
+  Args:
+    key: PRNG key.
+    x: Clean images in [-1, 1], [B, H, W, C].
+    sigma: Noise standard deviation (in the [-1, 1] scale).
+
+  Returns:
+    Noisy images in [-1, 1], same shape and dtype as `x`.
+  """
+  x = _as_float(x)
+  noise = jax.random.normal(key, x.shape, x.dtype)  # [B, H, W, C]
+  return jnp.clip(x + sigma * noise, -1.0, 1.0)

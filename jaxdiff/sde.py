@@ -1,0 +1,198 @@
+"""Diffusion SDEs: VP, sub-VP and VE, as pure functions of t.
+
+Every SDE here has a Gaussian perturbation kernel
+
+    x_t | x_0 ~ N(alpha(t) x_0, sigma(t)^2 I),
+
+and linear drift `dx = f(t) x dt + g(t) dW`, where f = d log(alpha)/dt and
+g^2 = d sigma^2/dt - 2 f sigma^2. Samplers only need (alpha, sigma, f, g^2), so
+one integrator serves all three. The discrete DDPM chain is the VP-SDE with a
+`DiscreteSchedule`, evaluated on the grid t = i/T.
+
+Networks predict noise eps; `score = -eps / sigma` and the Tweedie estimate
+`x0 = (x - sigma eps) / alpha` convert between parameterisations.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff import schedules as schedules_lib
+from jaxdiff.registry import Registry
+
+SDES = Registry("sde")
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]  # (x [B, ...], t [B]) -> [B, ...]
+
+
+def bcast(t: Array, x: Array) -> Array:
+  """Reshapes t [B] (or scalar) to broadcast against x [B, ...]."""
+  t = jnp.asarray(t, x.dtype)
+  if t.ndim == 0:
+    return t
+  return t.reshape(t.shape + (1,) * (x.ndim - t.ndim))
+
+
+class SDE:
+  """Base class. Subclasses define alpha, sigma, f and g2 as functions of t."""
+
+  t_min: float = 1e-3  # smallest training time for continuous SDEs.
+
+  def alpha(self, t):
+    raise NotImplementedError
+
+  def sigma(self, t):
+    raise NotImplementedError
+
+  def f(self, t):
+    """Drift coefficient: dx = f(t) x dt + g(t) dW."""
+    raise NotImplementedError
+
+  def g2(self, t):
+    """Squared diffusion coefficient g(t)^2."""
+    raise NotImplementedError
+
+  # Derived quantities, shared by all SDEs.
+  def sde(self, x: Array, t: Array):
+    """Forward SDE: returns (drift [B, ...], diffusion g [B, 1, ...])."""
+    return bcast(self.f(t), x) * x, bcast(jnp.sqrt(self.g2(t)), x)
+
+  def marginal_prob(self, x0: Array, t: Array):
+    """Mean and std of x_t | x_0."""
+    return bcast(self.alpha(t), x0) * x0, bcast(self.sigma(t), x0)
+
+  def perturb(self, key, x0: Array, t: Array):
+    """Draws x_t ~ q(x_t | x_0); returns (x_t, noise)."""
+    noise = jax.random.normal(key, x0.shape, x0.dtype)
+    mean, std = self.marginal_prob(x0, t)
+    return mean + std * noise, noise
+
+  def log_snr(self, t):
+    return 2.0 * (jnp.log(self.alpha(t)) - jnp.log(self.sigma(t)))
+
+  @property
+  def prior_std(self) -> float:
+    return 1.0
+
+  def prior_sample(self, key, shape, dtype=jnp.float32) -> Array:
+    return self.prior_std * jax.random.normal(key, shape, dtype)
+
+  def reverse_drift(self, score_fn: ScoreFn, x: Array, t: Array, *,
+                    probability_flow: bool = False) -> Array:
+    """Drift of the reverse-time SDE (or probability-flow ODE) at (x, t).
+
+    Reverse SDE: dx = [f x - g^2 score] dt + g dW-bar (t decreasing);
+    probability flow: dx = [f x - 1/2 g^2 score] dt.
+    """
+    weight = 0.5 if probability_flow else 1.0
+    drift, g = self.sde(x, t)
+    return drift - weight * g**2 * score_fn(x, t)
+
+  def eps_to_score(self, eps: Array, t: Array) -> Array:
+    return -eps / bcast(self.sigma(t), eps)
+
+  def eps_to_x0(self, x: Array, eps: Array, t: Array) -> Array:
+    return (x - bcast(self.sigma(t), x) * eps) / bcast(self.alpha(t), x)
+
+  def sample_time(self, key, batch: int) -> Array:
+    """Training times t [B]: uniform on [t_min, 1]."""
+    return jax.random.uniform(key, (batch,), minval=self.t_min, maxval=1.0)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ScheduledSDE(SDE):
+  schedule: Any = dataclasses.field(
+      default_factory=schedules_lib.LinearSchedule)
+
+  @property
+  def discrete(self) -> bool:
+    return isinstance(self.schedule, schedules_lib.DiscreteSchedule)
+
+  @property
+  def num_steps(self):
+    return self.schedule.num_steps if self.discrete else None
+
+  def alpha(self, t):
+    return jnp.exp(-0.5 * self.schedule.int_beta(t))
+
+  def f(self, t):
+    return -0.5 * self.schedule.beta(t)
+
+  def sample_time(self, key, batch: int) -> Array:
+    if self.discrete:  # the DDPM chain: integer steps i in 1..T, t = i/T.
+      i = jax.random.randint(key, (batch,), 1, self.num_steps + 1)
+      return i.astype(jnp.float32) / self.num_steps
+    return super().sample_time(key, batch)
+
+
+@SDES.register("vp")
+@dataclasses.dataclass(frozen=True, eq=False)
+class VPSDE(_ScheduledSDE):
+  """Variance preserving: dx = -1/2 beta x dt + sqrt(beta) dW."""
+
+  def sigma(self, t):
+    return jnp.sqrt(-jnp.expm1(-self.schedule.int_beta(t)))
+
+  def g2(self, t):
+    return self.schedule.beta(t)
+
+
+@SDES.register("subvp")
+@dataclasses.dataclass(frozen=True, eq=False)
+class SubVPSDE(_ScheduledSDE):
+  """Sub-VP: g^2 = beta (1 - exp(-2 int beta)); sigma = 1 - exp(-int beta)."""
+
+  def sigma(self, t):
+    return -jnp.expm1(-self.schedule.int_beta(t))
+
+  def g2(self, t):
+    return self.schedule.beta(t) * -jnp.expm1(-2 * self.schedule.int_beta(t))
+
+
+@SDES.register("ve")
+@dataclasses.dataclass(frozen=True, eq=False)
+class VESDE(SDE):
+  """Variance exploding: sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
+  sigma_min: float = 0.01
+  sigma_max: float = 50.0
+  t_min: float = 1e-5
+
+  def __post_init__(self):
+    if not 0 < self.sigma_min < self.sigma_max:
+      raise ValueError(f"Need 0 < sigma_min < sigma_max, got "
+                       f"{self.sigma_min}, {self.sigma_max}.")
+
+  discrete = False
+  num_steps = None
+
+  def alpha(self, t):
+    return jnp.ones_like(jnp.asarray(t, jnp.float32))
+
+  def sigma(self, t):
+    return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+  def f(self, t):
+    return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+
+  def g2(self, t):
+    return 2.0 * self.sigma(t)**2 * math.log(self.sigma_max / self.sigma_min)
+
+  @property
+  def prior_std(self) -> float:
+    return self.sigma_max
+
+
+def make_sde(name: str, *, schedule: str = "linear",
+             num_steps=None, schedule_kwargs=None, **kwargs) -> SDE:
+  """Builds an SDE by name. VP/sub-VP take a schedule by name."""
+  cls = SDES.get(name)
+  if name == "ve":
+    return cls(**kwargs)
+  sched = schedules_lib.make_schedule(
+      schedule, num_steps=num_steps, **dict(schedule_kwargs or {}))
+  return cls(schedule=sched, **kwargs)

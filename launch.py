@@ -1,0 +1,32 @@
+"""jaxdiff command line: flags and a config in, one call out.
+
+    python launch.py --config configs/organamnist.py --workdir runs/organ
+    python launch.py --config configs/mnist_ddpm.py:tiny --workdir /tmp/t \
+        --config.training.batch_size=32 --mode train
+"""
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from jaxdiff import run as run_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with a variant: "
+    "configs/organamnist.py:tiny", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and "
+                    "pictures.")
+flags.DEFINE_enum("mode", "train", run_lib.MODES.names(), "What to do.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  run_lib.main(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+
+
+if __name__ == "__main__":
+  app.run(main)
