@@ -1,0 +1,442 @@
+"""Sample quality: a Frechet distance in the features of a small classifier.
+
+A small CNN classifier (`FeatureCNN`) is trained once per data set and cached
+under `<cache_dir>/classifier_<dataset>/` (params.npz + meta.json). Its
+penultimate layer (`feature_dim` = 128 by default, after ReLU) is the feature
+space of an FID-style Frechet distance:
+
+* `fd`: generated samples vs the whole test split;
+* `floor`: the same number of real training images vs the test split, i.e.
+  the distance a perfect generator would get with that many samples;
+* `confidence`: the classifier's mean max-softmax on the samples (and
+  `real_confidence` on the real images), and `histogram`, the classes it
+  assigns to the samples.
+
+The `eval` mode restores a trained model, draws `eval.num_samples` samples
+with `config.sampling` (method, steps, grid) and writes
+`<workdir>/eval_<method>_<steps>.json`:
+
+    python launch.py --config configs/mnist_ddgm.py --workdir runs/ddgm \
+        --mode eval
+    python launch.py --config configs/mnist_ddpm.py --workdir runs/ddpm \
+        --mode eval --config.sampling.method=ddim --config.sampling.steps=100
+
+Configs without an `eval` block use `EVAL_DEFAULTS`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import traverse_util
+
+from jaxdiff import config as config_lib
+from jaxdiff import data as data_lib
+from jaxdiff import metrics
+from jaxdiff import train as train_lib
+from jaxdiff.run import MODES
+from jaxdiff.run import restore_params
+
+Array = jax.Array
+
+# Keys of `config.eval`, with the values used when a config has none.
+EVAL_DEFAULTS: Dict[str, Any] = dict(
+    num_samples=1000,           # generated images (and real floor images)
+    seed=0,                     # samples, floor subset and classifier init
+    cache_dir="",               # "" -> <workdir>/cache
+    feature_batch_size=500,     # classifier batch when extracting features
+    feature_dim=128,            # width of the penultimate (feature) layer
+    classifier_epochs=3,
+    classifier_batch_size=128,
+    classifier_lr=1e-3,
+    classifier_limit=0,         # train on the first N images (0: all)
+)
+
+_ARCH = "FeatureCNN(3x3 stride-2 convs 32-64-128, dense)"
+
+
+# ------------------------------------------------------------- classifier
+
+
+class FeatureCNN(nn.Module):
+  """Three 3x3 stride-2 convolutions, a dense feature layer, a linear head.
+
+  Stride-2 convolutions rather than max-pooling keep training cheap on a CPU
+  too (a 128-image step costs about a tenth as much).
+
+  Attributes:
+    num_classes: K.
+    feature_dim: width of the penultimate layer (the FD features).
+    widths: channels of the conv blocks.
+  """
+  num_classes: int
+  feature_dim: int = 128
+  widths: Sequence[int] = (32, 64, 128)
+
+  @nn.compact
+  def __call__(self, x: Array) -> Tuple[Array, Array]:
+    """x [B, H, W, C] in [-1, 1] -> (logits [B, K], features [B, D])."""
+    for w in self.widths:  # stride 2: 28 -> 14 -> 7 -> 4.
+      x = nn.relu(nn.Conv(w, (3, 3), strides=(2, 2))(x))
+    x = x.reshape((x.shape[0], -1))                     # [B, h * w * c]
+    features = nn.relu(nn.Dense(self.feature_dim)(x))   # [B, D]
+    return nn.Dense(self.num_classes)(features), features
+
+
+class Classifier(NamedTuple):
+  """A trained `FeatureCNN` and what is known about it."""
+  model: FeatureCNN
+  params: Any
+  test_accuracy: float
+  path: Optional[str]
+
+
+def _to_unit(images: Array) -> Array:
+  """uint8 [B, H, W, C] -> float32 in [-1, 1]."""
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def as_uint8(images: np.ndarray) -> np.ndarray:
+  """Images as uint8 [N, H, W, C]: floats are read as [-1, 1], clipped and
+  rounded exactly like the saved PNGs (`viz.to_uint8`)."""
+  from jaxdiff import viz  # pylint: disable=g-import-not-at-top
+  images = viz.to_uint8(np.asarray(images))
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4:
+    raise ValueError(f"Expected images [N, H, W, C], got {images.shape}.")
+  return images
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int,
+                     *, epochs: int, batch_size: int = 128, lr: float = 1e-3,
+                     feature_dim: int = 128, seed: int = 0
+                     ) -> Tuple[FeatureCNN, Any]:
+  """Trains a `FeatureCNN` with Adam (cosine-decayed) on (images, labels).
+
+  Each epoch takes N // batch_size batches of a permutation drawn from
+  fold_in(key, epoch), one jitted step per batch. (A `lax.scan` over the
+  steps runs about 10x slower on XLA:CPU, whose convolution gradients lose
+  their fast path inside loops.)
+
+  Args:
+    images: [N, H, W, C] uint8.
+    labels: [N] int class labels in [0, num_classes).
+    num_classes: K.
+    epochs: passes over the data (>= 1).
+    batch_size: batch size (capped at N).
+    lr: peak Adam learning rate (cosine decay to 0 over the run).
+    feature_dim: width of the feature layer.
+    seed: initialisation and shuffling seed.
+
+  Returns:
+    (model, params).
+  """
+  images = as_uint8(images)
+  labels = np.asarray(labels, np.int32)
+  if len(images) != len(labels) or len(images) < 2:
+    raise ValueError(f"Need >= 2 images with one label each, got "
+                     f"{len(images)} images and {len(labels)} labels.")
+  if epochs < 1:
+    raise ValueError(f"eval.classifier_epochs must be >= 1, got {epochs}.")
+  n = len(images)
+  bs = min(batch_size, n)
+  steps = n // bs
+  model = FeatureCNN(num_classes=num_classes, feature_dim=feature_dim)
+  init_key, data_key = jax.random.split(jax.random.key(seed))
+  params = model.init(init_key, jnp.zeros((1, *images.shape[1:])))["params"]
+  tx = optax.adam(optax.cosine_decay_schedule(lr, epochs * steps))
+
+  def loss_fn(p, x, y):
+    logits, _ = model.apply({"params": p}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_step(params, opt_state, x_all, y_all, batch_idx):
+    x = _to_unit(x_all[batch_idx])                      # [B, H, W, C]
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y_all[batch_idx])
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  @jax.jit
+  def epoch_batches(epoch):
+    perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+    return perm[:steps * bs].reshape(steps, bs)         # [S, B]
+
+  x_all, y_all = jnp.asarray(images), jnp.asarray(labels)
+  opt_state = tx.init(params)
+  for epoch in range(epochs):
+    idx = epoch_batches(epoch)
+    for i in range(steps):  # dispatched asynchronously, no host sync.
+      params, opt_state, _ = train_step(params, opt_state, x_all, y_all,
+                                        idx[i])
+  params = jax.block_until_ready(params)
+  return model, params
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model: FeatureCNN, params, x: Array) -> Tuple[Array, Array]:
+  """uint8 [B, H, W, C] -> (features [B, D], probabilities [B, K])."""
+  logits, feats = model.apply({"params": params}, _to_unit(x))
+  return feats, jax.nn.softmax(logits)
+
+
+def classifier_outputs(model: FeatureCNN, params, images: np.ndarray, *,
+                       batch_size: int = 500) -> Tuple[np.ndarray, np.ndarray]:
+  """Features and class probabilities of images, in fixed-size batches.
+
+  Args:
+    model: the classifier.
+    params: its parameters.
+    images: [N, H, W, C] uint8, or floats in [-1, 1] (quantised to uint8
+      first, as saved samples are).
+    batch_size: images per call (the last batch is padded).
+
+  Returns:
+    (features [N, D] float32, probabilities [N, K] float32), numpy.
+  """
+  images = as_uint8(images)
+  n = len(images)
+  bs = max(1, batch_size)
+  feats, probs = [], []
+  for i in range(0, n, bs):
+    chunk = images[i:i + bs]
+    pad = bs - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]),
+                                              np.uint8)])
+    f, p = jax.device_get(_apply(model, params, chunk))
+    feats.append(f[:bs - pad])
+    probs.append(p[:bs - pad])
+  return np.concatenate(feats), np.concatenate(probs)
+
+
+def accuracy(model: FeatureCNN, params, images: np.ndarray,
+             labels: np.ndarray, *, batch_size: int = 500) -> float:
+  """Top-1 accuracy of the classifier."""
+  _, probs = classifier_outputs(model, params, images, batch_size=batch_size)
+  return float(np.mean(np.argmax(probs, -1) == np.asarray(labels)))
+
+
+def save_classifier(path: str, params, meta: Dict[str, Any]) -> None:
+  """Writes params.npz (flattened 'a/b/c' keys) and meta.json under path."""
+  os.makedirs(path, exist_ok=True)
+  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  np.savez(os.path.join(path, "params.npz"),
+           **{k: np.asarray(v) for k, v in flat.items()})
+  with open(os.path.join(path, "meta.json"), "w") as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+
+
+def load_classifier_params(path: str):
+  """(params, meta) from `save_classifier`, or (None, None) if absent."""
+  p_file, m_file = (os.path.join(path, "params.npz"),
+                    os.path.join(path, "meta.json"))
+  if not (os.path.isfile(p_file) and os.path.isfile(m_file)):
+    return None, None
+  with open(m_file) as f:
+    meta = json.load(f)
+  with np.load(p_file) as z:
+    flat = {k: jnp.asarray(z[k]) for k in z.files}
+  return traverse_util.unflatten_dict(flat, sep="/"), meta
+
+
+def load_or_train_classifier(dataset: str, cache_dir: str, *,
+                             data_dir: Optional[str] = None,
+                             epochs: int = 3, batch_size: int = 128,
+                             lr: float = 1e-3, limit: int = 0,
+                             feature_dim: int = 128, seed: int = 0,
+                             log: Callable[[str], None] = print) -> Classifier:
+  """The cached classifier of a data set, trained first if needed.
+
+  The cache `<cache_dir>/classifier_<dataset>/` is reused when its recorded
+  settings equal these; otherwise the classifier is retrained and the cache
+  overwritten.
+
+  Args:
+    dataset: a `jaxdiff.data` name (mnist, fashion_mnist, ...).
+    cache_dir: the cache root.
+    data_dir: data root for `jaxdiff.data.load`.
+    epochs, batch_size, lr, feature_dim, seed: training settings.
+    limit: train on the first N training images (0: all).
+    log: progress messages.
+
+  Returns:
+    A `Classifier` (test accuracy measured on the full test split).
+  """
+  path = os.path.join(cache_dir, f"classifier_{dataset}")
+  settings = dict(dataset=dataset, arch=_ARCH, epochs=int(epochs),
+                  batch_size=int(batch_size), lr=float(lr), limit=int(limit),
+                  feature_dim=int(feature_dim), seed=int(seed))
+  params, meta = load_classifier_params(path)
+  test = data_lib.load(dataset, "test", data_dir=data_dir)
+  model = FeatureCNN(num_classes=test.num_classes, feature_dim=feature_dim)
+  if params is not None and meta.get("settings") == settings:
+    return Classifier(model, params, float(meta["test_accuracy"]), path)
+  if params is not None:
+    log(f"jaxdiff: classifier cache {path} has other settings; retraining.")
+  ds = data_lib.load(dataset, "train", data_dir=data_dir, limit=limit or None)
+  log(f"jaxdiff: training the {dataset} classifier ({len(ds.images)} images, "
+      f"{epochs} epochs) -> {path}")
+  t0 = time.time()
+  model, params = train_classifier(
+      ds.images, ds.labels, test.num_classes, epochs=epochs,
+      batch_size=batch_size, lr=lr, feature_dim=feature_dim, seed=seed)
+  train_seconds = time.time() - t0
+  acc = accuracy(model, params, test.images, test.labels)
+  save_classifier(path, params, dict(settings=settings, test_accuracy=acc,
+                                     train_seconds=train_seconds,
+                                     num_train_images=len(ds.images)))
+  log(f"jaxdiff: classifier test accuracy {acc:.4f} ({train_seconds:.0f} s).")
+  return Classifier(model, params, acc, path)
+
+
+# ------------------------------------------------------------- the metric
+
+
+def frechet_distance_of(features_a: np.ndarray,
+                        features_b: np.ndarray) -> float:
+  """Frechet distance between Gaussians fitted to two feature sets [N, D]."""
+  return metrics.frechet_distance(*metrics.feature_statistics(features_a),
+                                  *metrics.feature_statistics(features_b))
+
+
+def sample_quality(clf: Classifier, samples: np.ndarray,
+                   reference: np.ndarray, floor_images: np.ndarray, *,
+                   labels: Optional[np.ndarray] = None,
+                   batch_size: int = 500) -> Dict[str, Any]:
+  """Frechet distance, floor, confidence and class histogram.
+
+  Args:
+    clf: the classifier.
+    samples: [N, H, W, C] generated images (floats in [-1, 1] or uint8).
+    reference: [M, H, W, C] real images (the test split).
+    floor_images: [N', H, W, C] other real images (N' = N training images).
+    labels: [N] the classes the samples were conditioned on, or None.
+    batch_size: classifier batch.
+
+  Returns:
+    dict with fd, floor, confidence, real_confidence, histogram (list of K
+    counts over the classifier's argmax on the samples; sums to N) and
+    num_samples; with labels also label_agreement (the fraction of samples
+    the classifier assigns to their conditioning class).
+  """
+  out = lambda x: classifier_outputs(clf.model, clf.params, x,
+                                     batch_size=batch_size)
+  f_s, p_s = out(samples)
+  f_r, _ = out(reference)
+  f_f, p_f = out(floor_images)
+  ref_stats = metrics.feature_statistics(f_r)
+  fd = metrics.frechet_distance(*metrics.feature_statistics(f_s), *ref_stats)
+  floor = metrics.frechet_distance(*metrics.feature_statistics(f_f),
+                                   *ref_stats)
+  k = p_s.shape[-1]
+  result = dict(
+      fd=fd, floor=floor,
+      confidence=float(np.mean(np.max(p_s, -1))),
+      real_confidence=float(np.mean(np.max(p_f, -1))),
+      histogram=np.bincount(np.argmax(p_s, -1), minlength=k).tolist(),
+      num_samples=int(len(f_s)), num_floor_images=int(len(f_f)),
+      num_reference_images=int(len(f_r)))
+  if labels is not None:
+    result["label_agreement"] = float(
+        np.mean(np.argmax(p_s, -1) == np.asarray(labels)))
+  return result
+
+
+# ------------------------------------------------------------- eval mode
+
+
+def eval_settings(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """config.eval merged over `EVAL_DEFAULTS` (unknown keys are an error)."""
+  settings = dict(EVAL_DEFAULTS)
+  given = config.get("eval")
+  if given is not None:
+    unknown = set(given.keys()) - set(settings)
+    if unknown:
+      raise ValueError(f"Unknown config.eval keys {sorted(unknown)}; known: "
+                       f"{sorted(settings)}.")
+    settings.update(dict(given))
+  if settings["num_samples"] < 2:
+    raise ValueError("config.eval.num_samples must be >= 2 for a Frechet "
+                     f"distance, got {settings['num_samples']}.")
+  return settings
+
+
+class _TimedSampleFn:
+  """Wraps a sample function, recording the wall time of each call."""
+
+  def __init__(self, fn):
+    self.fn = fn
+    self.seconds = []
+
+  def __call__(self, *args):
+    t0 = time.time()
+    out = jax.block_until_ready(self.fn(*args))
+    self.seconds.append(time.time() - t0)
+    return out
+
+
+@MODES.register("eval")
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Samples from the trained model and scores them; writes a JSON file.
+
+  Returns:
+    The result dict written to `<workdir>/eval_<method>_<steps>.json`.
+  """
+  ec = eval_settings(config)
+  sc = config.sampling
+  n = int(ec["num_samples"])
+  data_dir = config.data.data_dir or None
+  model, params, step = restore_params(config, workdir, use_ema=sc.use_ema)
+  process = config_lib.build_process(config)
+  sample_fn = _TimedSampleFn(train_lib.make_sample_fn(config, model, process))
+  labels = None
+  if config.training.conditional:
+    labels = np.arange(n) % config.data.num_classes
+  key = jax.random.key(ec["seed"])
+  t0 = time.time()
+  samples = train_lib.generate(config, sample_fn, params, key, n, labels)
+  sample_seconds = time.time() - t0
+
+  clf = load_or_train_classifier(
+      config.data.name, ec["cache_dir"] or os.path.join(workdir, "cache"),
+      data_dir=data_dir, epochs=ec["classifier_epochs"],
+      batch_size=ec["classifier_batch_size"], lr=ec["classifier_lr"],
+      limit=ec["classifier_limit"], feature_dim=ec["feature_dim"],
+      seed=ec["seed"])
+  test = data_lib.load(config.data.name, "test", data_dir=data_dir)
+  train_ds = data_lib.load(config.data.name, "train", data_dir=data_dir)
+  rng = np.random.default_rng(ec["seed"])
+  floor_idx = rng.choice(len(train_ds.images), min(n, len(train_ds.images)),
+                         replace=False)
+  result = sample_quality(clf, samples, test.images,
+                          train_ds.images[np.sort(floor_idx)], labels=labels,
+                          batch_size=ec["feature_batch_size"])
+  later = sample_fn.seconds[1:]
+  result.update(
+      dataset=config.data.name, step=step, method=sc.method,
+      steps=int(sc.steps), grid=sc.grid,
+      sample_seconds=sample_seconds,
+      first_batch_seconds=sample_fn.seconds[0],  # includes compilation
+      images_per_second=(sc.batch_size * len(later) / sum(later)
+                         if later else None),
+      classifier_test_accuracy=clf.test_accuracy,
+      classifier_path=clf.path)
+  out = os.path.join(workdir, f"eval_{sc.method}_{sc.steps}.json")
+  with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"jaxdiff: eval {sc.method}/{sc.steps} at step {step}: "
+        f"FD {result['fd']:.3f} (floor {result['floor']:.3f}), confidence "
+        f"{result['confidence']:.3f}, histogram {result['histogram']}, "
+        f"{sample_seconds:.1f} s for {n} samples -> {out}", flush=True)
+  return result
