@@ -5,6 +5,9 @@ error, not a silent no-op.
 """
 import ml_collections
 
+from jaxdiff import evaluation
+from jaxdiff import figures
+
 
 def get_config():
   c = ml_collections.ConfigDict()
@@ -46,6 +49,7 @@ def get_config():
   c.training.grad_clip = 1.0       # global-norm clipping; 0 disables
   c.training.ema_decay = 0.999
   c.training.lambda_freq = 0.0     # weight of the FFT L1 loss on x0_hat
+  c.training.freq_weighting = "none"  # or "snr": see losses.diffusion_loss
   c.training.conditional = False   # class-conditional network
   c.training.p_uncond = 0.1        # label dropout when conditional
   c.training.log_every = 50
@@ -65,4 +69,7 @@ def get_config():
   c.sampling.guidance_scale = 0.0  # classifier-free guidance w
   c.sampling.classes = ""          # e.g. "0,1,2": one grid row per class
   c.sampling.use_ema = True
+
+  c.eval = ml_collections.ConfigDict(dict(evaluation.EVAL_DEFAULTS))  # --mode eval
+  c.viz = figures.viz_config()                                        # --mode viz
   return c

@@ -9,6 +9,7 @@ classify. The public API:
 * `checkpoint`, `metrics`, `viz`, `data`: services.
 """
 from jaxdiff import data
+from jaxdiff import gamma  # registers the 'ddgm' sampler
 from jaxdiff import losses
 from jaxdiff import metrics
 from jaxdiff import models

@@ -24,7 +24,8 @@ def frequency_l1(x0_hat: jax.Array, x0: jax.Array) -> jax.Array:
 def diffusion_loss(apply_fn: Callable, params, process, x0: jax.Array,
                    key: jax.Array, *, labels: Optional[jax.Array] = None,
                    num_classes: Optional[int] = None, p_uncond: float = 0.0,
-                   lambda_freq: float = 0.0, train: bool = True):
+                   lambda_freq: float = 0.0, freq_weighting: str = "none",
+                   train: bool = True):
   """Per-batch loss and metrics.
 
   Args:
@@ -37,6 +38,12 @@ def diffusion_loss(apply_fn: Callable, params, process, x0: jax.Array,
     num_classes: K; label K is the null class (label dropout target).
     p_uncond: probability of dropping a label to the null class.
     lambda_freq: weight of the frequency loss.
+    freq_weighting: 'none' (the plain L1 of the FFTs) or 'snr' (each
+      example's term times min(1, alpha/sigma)): x0_hat = x0 + (sigma/alpha)
+      (eps - eps_hat) amplifies the noise error by sigma/alpha, up to 100x
+      near t=1 for the cosine schedule, so the plain term is dominated by the
+      noisiest times; 'snr' keeps it in x0 units where SNR >= 1 and in noise
+      units elsewhere.
     train: dropout on.
 
   Returns:
@@ -56,6 +63,11 @@ def diffusion_loss(apply_fn: Callable, params, process, x0: jax.Array,
   metrics = {"mse": jnp.mean(mse)}
   if lambda_freq:
     freq = frequency_l1(process.eps_to_x0(x_t, eps_hat, t), x0)  # [B]
+    if freq_weighting == "snr":
+      freq = freq * jnp.minimum(1.0, process.alpha(t) / process.sigma(t))
+    elif freq_weighting != "none":
+      raise ValueError(f"Unknown freq_weighting {freq_weighting!r}; use "
+                       "'none' or 'snr'.")
     loss = loss + lambda_freq * freq
     metrics["freq"] = jnp.mean(freq)
   loss = jnp.mean(loss)
