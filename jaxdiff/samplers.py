@@ -123,7 +123,10 @@ def predictor_corrector(sde: SDE, eps_fn: EpsFn, *, snr: float = 0.16,
       axes = tuple(range(1, x.ndim))
       g_norm = jnp.sqrt(jnp.mean(jnp.sum(score**2, axes)))
       z_norm = jnp.sqrt(jnp.mean(jnp.sum(z**2, axes)))
-      size = 2 * ratio * (snr * z_norm / g_norm)**2
+      # A zero score (e.g. a freshly initialised network with a zero output
+      # layer) has no Langevin step size: skip the corrector, not NaN.
+      size = jnp.where(g_norm > 0, 2 * ratio * (
+          snr * z_norm / jnp.where(g_norm > 0, g_norm, 1.0))**2, 0.0)
       x = x + size * score + jnp.sqrt(2 * size) * z
     return {"x": x}
 
@@ -193,13 +196,18 @@ def dpm_solver_pp_2m(sde: SDE, eps_fn: EpsFn) -> Stepper:
 def _t_of_sigma_ratio(sde: SDE, ratios: np.ndarray, t_lo, t_hi) -> np.ndarray:
   """Inverts the monotone noise-to-signal ratio sigma/alpha by bisection."""
   f = lambda t: np.asarray(sde.sigma(t) / sde.alpha(t), np.float64)
+  n = len(ratios)
+  # Pad to a power-of-two bucket: the eager jnp ops in f compile once per
+  # shape, so a new `steps` would otherwise cost ~0.5 s of compilation.
+  ratios = np.pad(ratios, (0, max(64, 1 << (n - 1).bit_length()) - n),
+                  mode="edge")
   lo = np.full_like(ratios, t_lo)
   hi = np.full_like(ratios, t_hi)
   for _ in range(60):
     mid = 0.5 * (lo + hi)
     up = f(jnp.asarray(mid, jnp.float32)) < ratios
     lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
-  return 0.5 * (lo + hi)
+  return (0.5 * (lo + hi))[:n]
 
 
 @GRIDS.register("uniform")
