@@ -3,6 +3,10 @@
     python launch.py --config configs/organamnist.py --workdir runs/organ
     python launch.py --config configs/mnist_ddpm.py:tiny --workdir /tmp/t \
         --config.training.batch_size=32 --mode train
+
+Multi-host: run the same command on every host with JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES and JAX_PROCESS_ID set (or under SLURM / Open MPI).
+SIGTERM or Ctrl-C saves a checkpoint and exits 0; the same command resumes.
 """
 from absl import app
 from absl import flags
@@ -17,7 +21,8 @@ config_flags.DEFINE_config_file(
     "configs/organamnist.py:tiny", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and "
                     "pictures.")
-flags.DEFINE_enum("mode", "train", run_lib.MODES.names(), "What to do.")
+flags.DEFINE_string("mode", "train", "What to do: train, sample, denoise, "
+                    "eval, classify or viz.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -29,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=run_lib.parse_flags)

@@ -1,9 +1,23 @@
 """Training: a pure, data-parallel `train_step` and the loop around it.
 
-The whole training split lives on the device as uint8; each step draws its
-batch there from (seed, step) alone, so a resumed run sees exactly the batches
-an uninterrupted one would. `steps_per_dispatch` train steps run inside one
-jitted `lax.scan`, and the batch is sharded over every device of the mesh.
+The whole training split lives on every device as uint8; each step draws its
+global batch there from (seed, step) alone, so a resumed run sees exactly the
+batches an uninterrupted one would, on any number of devices or hosts.
+`steps_per_dispatch` train steps run inside one jitted `lax.scan`, and the
+batch is sharded over a 1-D mesh ("data") of every device of every host.
+
+Why the data set is replicated rather than split by host: the data sets here
+are at most 150 MB of uint8 (CIFAR-10: 50k x 32 x 32 x 3), a small fraction of
+one accelerator's memory, and each host reads its own copy once. In exchange
+no host feeds batches during training (no input pipeline, no host round-trip
+per step) and the batch of a step does not depend on how many processes or
+devices there are. The SPMD partitioner gathers on each device only its slice
+of the batch.
+
+Faults: SIGTERM / SIGINT finish the current dispatch, save a checkpoint and
+return normally; a non-finite loss, gradient or update skips the step (the
+state stays the last good one) and `max_nonfinite` skipped steps in a row
+raise `TrainingError` without saving the stuck state.
 """
 from __future__ import annotations
 
@@ -12,8 +26,9 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import flax
 import flax.linen as nn
@@ -27,6 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxdiff import checkpoint as ckpt_lib
 from jaxdiff import config as config_lib
 from jaxdiff import data as data_lib
+from jaxdiff import distributed
 from jaxdiff import losses
 from jaxdiff import samplers
 
@@ -45,10 +61,12 @@ class TrainingError(RuntimeError):
   """Training cannot go on (e.g. too many non-finite steps)."""
 
 
-def make_optimizer(tc: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(
+    tc: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW with linear warmup and optional global-norm clipping."""
-  if tc.lr <= 0:
-    raise ValueError(f"config.training.lr must be > 0, got {tc.lr}.")
+  if not (np.isfinite(tc.lr) and tc.lr > 0):
+    raise ValueError(f"config.training.lr must be a finite number > 0, got "
+                     f"{tc.lr}.")
   lr = tc.lr
   if tc.warmup_steps > 0:
     lr = optax.linear_schedule(0.0, tc.lr, tc.warmup_steps)
@@ -67,6 +85,7 @@ def make_apply_fn(model: nn.Module) -> Callable:
 
 
 def init_state(model: nn.Module, tx, key, image_shape) -> TrainState:
+  """A fresh TrainState (jittable; `jax.eval_shape` gives its shapes)."""
   x = jnp.zeros((1, *image_shape), jnp.float32)
   t = jnp.zeros((1,), jnp.float32)
   params = model.init({"params": key}, x, t)["params"]
@@ -74,6 +93,25 @@ def init_state(model: nn.Module, tx, key, image_shape) -> TrainState:
                     ema_params=jax.tree.map(jnp.copy, params),
                     opt_state=tx.init(params),
                     nonfinite=jnp.zeros((), jnp.int32))
+
+
+def abstract_state(model: nn.Module, tx, image_shape,
+                   sharding: Optional[jax.sharding.Sharding] = None
+                   ) -> TrainState:
+  """The TrainState's shapes and dtypes (no computation), optionally placed."""
+  shapes = jax.eval_shape(
+      lambda k: init_state(model, tx, k, image_shape), jax.random.key(0))
+  if sharding is None:
+    return shapes
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      shapes)
+
+
+def run_keys(seed: int) -> Tuple[Array, Array, Array]:
+  """(init, train, sample) keys of a run: functions of the seed alone."""
+  init_key, train_key, sample_key = jax.random.split(jax.random.key(seed), 3)
+  return init_key, train_key, sample_key
 
 
 def count_params(params) -> int:
@@ -89,6 +127,8 @@ def draw_batch(images: Array, labels: Array, key: Array, step: Array, *,
     labels: [N] int32.
     key: data key (fixed for the run).
     step: global step.
+    batch_size: the global batch size B.
+    random_flip: flip each image horizontally with probability 1/2.
 
   Returns:
     x [B, H, W, C] float32 in [-1, 1], y [B] int32.
@@ -100,9 +140,9 @@ def draw_batch(images: Array, labels: Array, key: Array, step: Array, *,
   idx = jax.lax.dynamic_slice(perm, (i * batch_size,), (batch_size,))
   x = images[idx].astype(jnp.float32) / 127.5 - 1.0
   if random_flip:
-    flip = jax.random.bernoulli(
-        jax.random.fold_in(jax.random.fold_in(key, -1), step), 0.5,
-        (batch_size, 1, 1, 1))
+    flip_key = jax.random.fold_in(key, np.uint32(0xFFFFFFFF))
+    flip = jax.random.bernoulli(jax.random.fold_in(flip_key, step), 0.5,
+                                (batch_size, 1, 1, 1))
     x = jnp.where(flip, x[:, :, ::-1], x)
   return x, labels[idx]
 
@@ -110,13 +150,24 @@ def draw_batch(images: Array, labels: Array, key: Array, step: Array, *,
 def train_step(state: TrainState, x0: Array, labels: Optional[Array],
                key: Array, *, apply_fn, tx, process, ema_decay: float,
                loss_kwargs: Dict[str, Any]) -> Tuple[TrainState, Dict]:
-  """One optimisation step; skips the update if loss or grads are not finite.
+  """One optimisation step; skips the update if it is not finite.
+
+  The step is skipped (params, EMA and optimiser state kept, `nonfinite`
+  incremented) when the loss, the gradient norm or the update's norm is NaN
+  or infinite. (The update's norm, rather than `isfinite` of every new
+  parameter: the same guarantee, and the latter makes XLA compile the step
+  about four times slower.)
 
   Args:
     state: the train state.
     x0: [B, H, W, C] images in [-1, 1].
     labels: [B] or None.
     key: the run's key; the step's key is fold_in(key, step).
+    apply_fn: (params, x, t, y, train, rngs) -> eps_hat.
+    tx: the optimiser.
+    process: the forward process.
+    ema_decay: decay of the parameter EMA.
+    loss_kwargs: extra arguments of `losses.diffusion_loss`.
 
   Returns:
     (new state, metrics dict of scalars).
@@ -131,7 +182,8 @@ def train_step(state: TrainState, x0: Array, labels: Optional[Array],
   params = optax.apply_updates(state.params, updates)
   ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
                      state.ema_params, params)
-  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        & jnp.isfinite(optax.global_norm(updates)))
   keep = lambda new, old: jax.tree.map(
       lambda a, b: jnp.where(ok, a, b), new, old)
   new_state = state.replace(
@@ -145,11 +197,30 @@ def train_step(state: TrainState, x0: Array, labels: Optional[Array],
   return new_state, metrics
 
 
-def make_train_fn(config, apply_fn, tx, process, mesh):
-  """A jitted function running `steps_per_dispatch` steps with one scan."""
+def make_train_fn(config, apply_fn, tx, process, mesh, *,
+                  length: Optional[int] = None):
+  """A jitted `(state, images, labels) -> (state, metrics)` of `length` steps.
+
+  The steps run in one `lax.scan`; keys come from `config.seed`, batches from
+  (seed, step). The batch is sharded over the mesh axis "data", everything
+  else is replicated, and the state is donated.
+
+  Args:
+    config: the run's config.
+    apply_fn: from `make_apply_fn`.
+    tx: the optimiser.
+    process: the forward process.
+    mesh: a 1-D mesh with axis "data".
+    length: steps per call; default `config.training.steps_per_dispatch`.
+
+  Returns:
+    The jitted function. Its metrics are means over the steps, except
+    `nonfinite`: the longest run of skipped steps seen (int).
+  """
   tc = config.training
+  length = length or tc.steps_per_dispatch
   loss_kwargs = dict(
-      lambda_freq=tc.lambda_freq,
+      lambda_freq=tc.lambda_freq, freq_weighting=tc.freq_weighting,
       num_classes=config.data.num_classes if tc.conditional else None,
       p_uncond=tc.p_uncond if tc.conditional else 0.0)
   step_fn = functools.partial(train_step, apply_fn=apply_fn, tx=tx,
@@ -158,8 +229,9 @@ def make_train_fn(config, apply_fn, tx, process, mesh):
   batch_sharding = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
 
-  def run(state, images, labels, key):
-    data_key, step_key = jax.random.split(key)
+  def run(state, images, labels):
+    _, train_key, _ = run_keys(config.seed)
+    data_key, step_key = jax.random.split(train_key)
 
     def body(state, _):
       x, y = draw_batch(images, labels, data_key, state.step,
@@ -167,20 +239,29 @@ def make_train_fn(config, apply_fn, tx, process, mesh):
                         random_flip=config.data.random_flip)
       x = jax.lax.with_sharding_constraint(x, batch_sharding)
       y = jax.lax.with_sharding_constraint(y, batch_sharding)
-      return step_fn(state, x, y if tc.conditional else None, step_key)
+      state, metrics = step_fn(state, x, y if tc.conditional else None,
+                               step_key)
+      return state, dict(metrics, nonfinite=state.nonfinite)
 
-    state, metrics = jax.lax.scan(body, state, None,
-                                  length=tc.steps_per_dispatch)
-    return state, jax.tree.map(jnp.mean, metrics)
+    if length == 1:  # XLA:CPU runs convolutions inside loops much slower.
+      state, metrics = body(state, None)
+      metrics = jax.tree.map(lambda m: m[None], metrics)
+    else:
+      state, metrics = jax.lax.scan(body, state, None, length=length)
+    nonfinite = jnp.max(metrics.pop("nonfinite"))
+    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics["nonfinite"] = nonfinite
+    return state, metrics
 
-  return jax.jit(run, in_shardings=(replicated, replicated, replicated,
-                                    replicated),
+  return jax.jit(run, in_shardings=(replicated, replicated, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def make_mesh():
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh ("data") over `devices` (default: all devices of all hosts)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.sharding.Mesh(np.asarray(devices), ("data",),
+                           axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def check_batch(batch_size: int, n_devices: int, n_images: int):
@@ -191,6 +272,36 @@ def check_batch(batch_size: int, n_devices: int, n_images: int):
   if n_images < batch_size:
     raise ValueError(f"The data set has {n_images} images, fewer than "
                      f"config.training.batch_size={batch_size}.")
+
+
+def check_sampling(config) -> None:
+  """Raises ValueError (saying what to use) for an unknown sampler or grid."""
+  sc = config.sampling
+  if sc.method not in samplers.SAMPLERS:
+    raise ValueError(
+        f"Unknown config.sampling.method {sc.method!r}; use one of "
+        f"{', '.join(samplers.SAMPLERS.names())}.")
+  if sc.grid not in samplers.GRIDS:
+    raise ValueError(
+        f"Unknown config.sampling.grid {sc.grid!r}; use one of "
+        f"{', '.join(samplers.GRIDS.names())}.")
+  if sc.steps < 1 or sc.batch_size < 1 or sc.num_samples < 1:
+    raise ValueError("config.sampling.steps, batch_size and num_samples must "
+                     "be >= 1.")
+
+
+def check_training(config) -> None:
+  """Raises ValueError for training settings that cannot work."""
+  tc = config.training
+  if tc.steps_per_dispatch < 1:
+    raise ValueError("config.training.steps_per_dispatch must be >= 1.")
+  if tc.log_every < 1:
+    raise ValueError("config.training.log_every must be >= 1.")
+  if tc.max_nonfinite < 1:
+    raise ValueError("config.training.max_nonfinite must be >= 1.")
+  for name in ("num_train_steps", "checkpoint_every", "sample_every"):
+    if tc[name] < 0:
+      raise ValueError(f"config.training.{name} must be >= 0.")
 
 
 def load_train_data(config):
@@ -211,7 +322,10 @@ def image_shape(config):
 
 
 class _StopFlag:
-  """Turns SIGTERM/SIGINT into a request to stop after the current step."""
+  """Turns SIGTERM/SIGINT into a request to stop after the current step.
+
+  A second SIGINT raises KeyboardInterrupt (an impatient Ctrl-C).
+  """
 
   def __init__(self):
     self.requested = False
@@ -238,118 +352,248 @@ class _StopFlag:
       signal.signal(sig, old)
 
 
-def _progress(total, initial):
-  try:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    return tqdm(total=total, initial=initial, dynamic_ncols=True,
-                desc="train", mininterval=1.0)
-  except ImportError:
-    return None
+class _Log:
+  """Progress bar, console lines and metrics.jsonl, on process 0 only."""
+
+  def __init__(self, workdir: str, total: int, initial: int):
+    self.main = distributed.is_main()
+    self.bar = None
+    self.file = None
+    if self.main:
+      self.file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      try:
+        from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+        self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True,
+                        desc="train", mininterval=1.0, file=sys.stderr)
+      except ImportError:
+        pass
+
+  def line(self, text: str):
+    if not self.main:
+      return
+    if self.bar is not None:
+      self.bar.write(text, file=sys.stdout)
+    else:
+      print(text, flush=True)
+    sys.stdout.flush()
+
+  def record(self, record: Dict[str, float]):
+    if self.main:
+      self.file.write(json.dumps(record) + "\n")
+      self.file.flush()
+
+  def advance(self, step: int, loss: Optional[float] = None):
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
+      if loss is not None:
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+    if self.file is not None:
+      self.file.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def _summarise(pending: List[Dict[str, Any]]) -> Dict[str, float]:
+  """Host copies of per-dispatch metrics -> one record (nonfinite: max)."""
+  host = jax.device_get(pending)
+  record = {k: float(np.mean([m[k] for m in host])) for k in host[0]
+            if k != "nonfinite"}
+  record["nonfinite"] = int(max(int(m["nonfinite"]) for m in host))
+  return record
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> TrainState:
   """Trains per config, writing checkpoints, metrics and samples to workdir.
 
-  Resumes from the newest checkpoint in `<workdir>/checkpoints` if present.
+  Resumes from the newest readable checkpoint in `<workdir>/checkpoints`.
+  Every process of a multi-host run calls this; process 0 writes the logs,
+  metrics.jsonl, loss.png, config.json and sample grids.
+
+  Args:
+    config: the run's config (see configs/base.py).
+    workdir: the run directory.
+
+  Returns:
+    The final TrainState (replicated over every device).
+
+  Raises:
+    ValueError / FileNotFoundError: bad config or data (the message says what
+      to change).
+    CheckpointError: the checkpoints in workdir do not fit the model.
+    TrainingError: `max_nonfinite` non-finite steps in a row; the checkpoints
+      written before stay as they were.
   """
   tc = config.training
+  check_training(config)
+  model = config_lib.build_model(config)
+  process = config_lib.build_process(config)  # Registers its own samplers.
+  check_sampling(config)
+  tx = make_optimizer(tc)
+  main = distributed.is_main()
   os.makedirs(workdir, exist_ok=True)
   ds = load_train_data(config)
   mesh = make_mesh()
   check_batch(tc.batch_size, jax.device_count(), len(ds.images))
-  if tc.steps_per_dispatch < 1:
-    raise ValueError("config.training.steps_per_dispatch must be >= 1.")
 
-  model = config_lib.build_model(config)
-  process = config_lib.build_process(config)
-  tx = make_optimizer(tc)
   apply_fn = make_apply_fn(model)
-  key = jax.random.key(config.seed)
-  init_key, train_key, sample_key = jax.random.split(key, 3)
-  state = init_state(model, tx, init_key, image_shape(config))
-  n_params = count_params(state.params)
-  print(f"jaxdiff: model {config.model.name} with {n_params:,} parameters; "
-        f"{len(ds.images)} training images of {ds.images.shape[1:]}; "
-        f"{jax.device_count()} device(s) ({jax.devices()[0].platform}).",
-        flush=True)
-
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                               max_to_keep=tc.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-    print(f"jaxdiff: resumed from step {int(state.step)}.", flush=True)
-  config_json = config_lib.to_json(config)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config_json, f, indent=2)
-
   replicated = NamedSharding(mesh, P())
-  images = jax.device_put(ds.images, replicated)
-  labels = jax.device_put(ds.labels.astype(np.int32), replicated)
-  state = jax.device_put(state, replicated)
-  train_fn = make_train_fn(config, apply_fn, tx, process, mesh)
-  sample_fn = make_sample_fn(config, model, process)
+  target = abstract_state(model, tx, image_shape(config), replicated)
+  n_params = count_params(target.params)
+  if main:
+    print(f"jaxdiff: model {config.model.name} with {n_params:,} parameters; "
+          f"{len(ds.images)} training images of {ds.images.shape[1:]}; "
+          f"{jax.device_count()} device(s) ({jax.devices()[0].platform}) on "
+          f"{jax.process_count()} process(es).", flush=True)
+  config_json = config_lib.to_json(config)
 
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  step = int(state.step)
-  k = tc.steps_per_dispatch
-  bar = _progress(tc.num_train_steps, step)
-  pending = []
-  t_last, step_last = time.time(), step
-  with _StopFlag() as stop, open(metrics_path, "a") as mfile:
-    while step < tc.num_train_steps and not stop.requested:
-      state, metrics = train_fn(state, images, labels, train_key)
-      step += k
-      pending.append(metrics)
-      if step % tc.log_every < k or step >= tc.num_train_steps:
-        host = jax.device_get(pending)
-        pending = []
-        now = time.time()
-        record = {key_: float(np.mean([m[key_] for m in host]))
-                  for key_ in host[0]}
-        record["step"] = step
-        record["images_per_s"] = (step - step_last) * tc.batch_size / max(
-            now - t_last, 1e-9)
-        t_last, step_last = now, step
-        mfile.write(json.dumps(record) + "\n")
-        mfile.flush()
-        if bar is not None:
-          bar.set_postfix(loss=f"{record['loss']:.4f}",
-                          img_s=f"{record['images_per_s']:.0f}")
-        if int(state.nonfinite) >= tc.max_nonfinite:
-          raise TrainingError(
-              f"{int(state.nonfinite)} non-finite steps in a row at step "
-              f"{step}; stopping. The last good checkpoint is in "
-              f"{ckpt.directory}. Lower config.training.lr or enable "
-              "grad_clip.")
-      if bar is not None:
-        bar.update(min(k, tc.num_train_steps - bar.n))
-      if tc.checkpoint_every and step % tc.checkpoint_every < k:
-        ckpt.save(step, state, config_json)
-      if tc.sample_every and step % tc.sample_every < k:
-        save_samples(config, sample_fn, state,
-                     jax.random.fold_in(sample_key, step),
-                     os.path.join(workdir, "samples", f"step_{step:07d}.png"))
-  if bar is not None:
-    bar.close()
-  if ckpt.latest_step() != step:
-    ckpt.save(step, state, config_json, force=True)
-  ckpt.close()
-  if stop.requested:
-    print(f"jaxdiff: stopped by signal at step {step}; checkpoint saved.",
-          flush=True)
-  _write_loss_curve(workdir)
+  with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                             max_to_keep=tc.keep_checkpoints) as ckpt:
+    if ckpt.latest_step() is not None:
+      state = ckpt.restore(target)
+      if ckpt.unreadable:
+        ckpt.set_aside_unreadable(move=main)
+        distributed.sync("jaxdiff_set_aside")
+        ckpt.reload()
+      if main:
+        print(f"jaxdiff: resumed from step {int(state.step)}.", flush=True)
+    else:
+      state = jax.jit(lambda: init_state(model, tx, run_keys(config.seed)[0],
+                                         image_shape(config)),
+                      out_shardings=replicated)()
+    if main:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config_json, f, indent=2)
+
+    images = distributed.replicate(ds.images, replicated)
+    labels = distributed.replicate(ds.labels.astype(np.int32), replicated)
+    train_fns = {}
+
+    def train_fn(n):
+      if n not in train_fns:
+        train_fns[n] = make_train_fn(config, apply_fn, tx, process, mesh,
+                                     length=n)
+      return train_fns[n]
+
+    sample_fn = make_sample_fn(config, model, process)
+    sample_key = run_keys(config.seed)[2]
+    step = int(state.step)
+    log = _Log(workdir, tc.num_train_steps, step)
+    pending = []
+    t_last, step_last = None, step
+    t_first = time.time()
+    try:
+      with _StopFlag() as stop:
+        while step < tc.num_train_steps:
+          if distributed.any_process(stop.requested):
+            break
+          n = min(tc.steps_per_dispatch, tc.num_train_steps - step)
+          state, metrics = train_fn(n)(state, images, labels)
+          step += n
+          pending.append(metrics)
+          if t_last is None:  # The first dispatch compiles: time it apart.
+            jax.block_until_ready(metrics)
+            log.line(f"jaxdiff: compiled and ran the first {n} step(s) in "
+                     f"{time.time() - t_first:.1f} s.")
+            t_last, step_last = time.time(), step
+          log_now = step % tc.log_every < n or step >= tc.num_train_steps
+          save_now = bool(tc.checkpoint_every) and (
+              step % tc.checkpoint_every < n)
+          if log_now or save_now:
+            record = _summarise(pending)
+            pending = []
+            if record["nonfinite"] >= tc.max_nonfinite:
+              last = ckpt.latest_step()
+              where = (f"the last good checkpoint is step {last} in "
+                       f"{ckpt.directory}" if last is not None
+                       else "no checkpoint was written")
+              raise TrainingError(
+                  f"{record['nonfinite']} non-finite (NaN/Inf) steps in a row "
+                  f"before step {step}; stopped without saving them and "
+                  f"{where}. Lower config.training.lr or set "
+                  "config.training.grad_clip, and check the data for "
+                  "NaNs.")
+            now = time.time()
+            timed = step - step_last
+            record["step"] = step
+            if timed > 0:
+              record["s_per_step"] = (now - t_last) / timed
+              record["images_per_s"] = timed * tc.batch_size / max(
+                  now - t_last, 1e-9)
+            t_last, step_last = now, step
+            if log_now:
+              log.record(record)
+              log.line(_log_line(record, tc.num_train_steps))
+            log.advance(step, record["loss"])
+          else:
+            log.advance(step)
+          if save_now:
+            streak = int(state.nonfinite)
+            if streak:  # Only states right after a good step are saved.
+              log.line(f"jaxdiff: no checkpoint at step {step}: the last "
+                       f"{streak} step(s) were non-finite and skipped.")
+            else:
+              ckpt.save(step, state, config_json)
+          if (tc.sample_every and step % tc.sample_every < n
+              and not stop.requested):
+            _write_samples(config, sample_fn, state,
+                           jax.random.fold_in(sample_key, step),
+                           os.path.join(workdir, "samples",
+                                        f"step_{step:07d}.png"))
+            if main:
+              _write_loss_curve(workdir)
+            t_last, step_last = time.time(), step  # Time training alone.
+        if ckpt.latest_step() != step:
+          ckpt.save(step, state, config_json, force=True)
+        ckpt.wait()
+    finally:
+      log.close()
+  if main:
+    _write_loss_curve(workdir)
+    if stop.requested:
+      print(f"jaxdiff: stopped by signal at step {step}; checkpoint saved in "
+            f"{ckpt.directory}/{step}. Run the same command to resume.",
+            flush=True)
   return state
 
 
+def _log_line(record: Dict[str, float], total: int) -> str:
+  """`jaxdiff: step 200/1000 | loss 0.0412 | 0.035 s/step | 3657 img/s`."""
+  parts = [f"jaxdiff: step {record['step']}/{total}",
+           f"loss {record['loss']:.4f}"]
+  if "s_per_step" in record:
+    parts += [f"{record['s_per_step']:.4f} s/step",
+              f"{record['images_per_s']:.0f} img/s"]
+  if record.get("skipped"):
+    parts.append(f"skipped {record['skipped']:.0%} (non-finite)")
+  return " | ".join(parts)
+
+
+def _write_samples(config, sample_fn, state, key, path):
+  """Samples on every process (the computation spans them); 0 writes."""
+  from jaxdiff import viz  # pylint: disable=g-import-not-at-top
+  num = config.sampling.num_samples
+  params = state.ema_params if config.sampling.use_ema else state.params
+  labels = None
+  if config.training.conditional:
+    labels = np.arange(num) % config.data.num_classes
+  images = generate(config, sample_fn, params, key, num, labels)
+  if distributed.is_main():
+    viz.save_grid(path, images)
+
+
 def _write_loss_curve(workdir):
+  """loss.png from metrics.jsonl (rewritten at every sample time)."""
   try:
     from jaxdiff import viz  # pylint: disable=g-import-not-at-top
     records = viz.read_metrics(os.path.join(workdir, "metrics.jsonl"))
     if records:
       viz.loss_curves(os.path.join(workdir, "loss.png"), records,
                       keys=("loss",))
-  except ImportError:
-    pass
+  except (ImportError, OSError) as e:
+    logging.warning("Could not write loss.png: %s", e)
 
 
 # ------------------------------------------------------------------ sampling
@@ -360,6 +604,10 @@ def make_sample_fn(config, model, process, *, method=None, steps=None):
   sc = config.sampling
   method = method or sc.method
   steps = steps or sc.steps
+  if method not in samplers.SAMPLERS:
+    raise ValueError(
+        f"Unknown sampler {method!r} (config.sampling.method); use one of "
+        f"{', '.join(samplers.SAMPLERS.names())}.")
   apply_fn = make_apply_fn(model)
   conditional = config.training.conditional
   shape = (sc.batch_size, *image_shape(config))

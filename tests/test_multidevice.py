@@ -1,0 +1,188 @@
+"""Data parallelism: 8 devices equal 1, and two processes train as one.
+
+The device count is fixed when JAX starts, so each case runs in a subprocess:
+`--xla_force_host_platform_device_count` gives a CPU several devices, and two
+processes joined by `jax.distributed` stand in for two hosts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT = 420
+
+# One train step of the tiny CNN config (batch 16) on 8 devices and on 1,
+# from the same initial state; then 2 steps on 1 device for the multi-host
+# comparison. Writes params and facts about the compiled step to an npz.
+_EIGHT_VS_ONE = textwrap.dedent("""
+    import json, os, sys, tempfile
+    sys.path.insert(0, {repo!r})
+    import jax, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from configs import mnist_ddpm
+    from jaxdiff import config as config_lib, train
+
+    assert jax.device_count() == 8, jax.devices()
+    c = mnist_ddpm.get_config("tiny")
+    c.data.name = "organamnist_small"
+    ds = train.load_train_data(c)
+    model, process = config_lib.build_model(c), config_lib.build_process(c)
+    tx = train.make_optimizer(c.training)
+    apply_fn = train.make_apply_fn(model)
+    out, facts = {{}}, {{}}
+    for n in (8, 1):
+      mesh = train.make_mesh(jax.devices()[:n])
+      rep = NamedSharding(mesh, P())
+      state = jax.jit(lambda: train.init_state(
+          model, tx, train.run_keys(c.seed)[0], train.image_shape(c)),
+          out_shardings=rep)()
+      images = jax.device_put(ds.images, rep)
+      labels = jax.device_put(ds.labels, rep)
+      fn = train.make_train_fn(c, apply_fn, tx, process, mesh, length=1)
+      hlo = fn.lower(state, images, labels).compile().as_text()
+      facts[n] = dict(all_reduce="all-reduce" in hlo,
+                      per_device_batch=[b for b in (16, 2)
+                                        if f"f32[{{b}},28,28,1]" in hlo])
+      for s in (1, 2) if n == 1 else (1,):
+        state, metrics = fn(state, images, labels)
+        leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+        for path, leaf in leaves:
+          out[f"n{{n}}_s{{s}}{{jax.tree_util.keystr(path)}}"] = np.asarray(leaf)
+        out[f"n{{n}}_s{{s}}_loss"] = np.asarray(metrics["loss"])
+    np.savez({out_path!r}, **out)
+    c.training.batch_size = 12
+    try:
+      train.train_and_evaluate(c, tempfile.mkdtemp())
+      facts["error"] = None
+    except ValueError as e:
+      facts["error"] = str(e)
+    print(json.dumps(facts))
+""")
+
+
+def _env(**extra):
+  env = dict(os.environ)
+  for k in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+            "JAX_PROCESS_ID", "JAXDIFF_DISTRIBUTED"):
+    env.pop(k, None)
+  env.update(
+      PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
+      JAX_COMPILATION_CACHE_DIR=os.environ.get("JAXDIFF_TEST_JIT_CACHE")
+      or os.path.join(tempfile.gettempdir(), "jaxdiff_test_jit_cache"))
+  env.update(extra)
+  return env
+
+
+@pytest.fixture(scope="module", name="eight")
+def fixture_eight(tmp_path_factory):
+  out_path = str(tmp_path_factory.mktemp("eight") / "params.npz")
+  proc = subprocess.run(
+      [sys.executable, "-c", _EIGHT_VS_ONE.format(repo=str(REPO),
+                                                 out_path=out_path)],
+      cwd=REPO, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+      capture_output=True, text=True, timeout=TIMEOUT, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  facts = json.loads(proc.stdout.strip().splitlines()[-1])
+  with np.load(out_path) as z:
+    arrays = dict(z)
+  return facts, arrays
+
+
+def _params(arrays, prefix):
+  return {k[len(prefix):]: v for k, v in arrays.items()
+          if k.startswith(prefix) and not k.endswith("_loss")}
+
+
+def test_one_step_on_8_devices_equals_1_device(eight):
+  facts, arrays = eight
+  p8, p1 = _params(arrays, "n8_s1"), _params(arrays, "n1_s1")
+  assert p8 and sorted(p8) == sorted(p1)
+  for k in p8:
+    np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  np.testing.assert_allclose(arrays["n8_s1_loss"], arrays["n1_s1_loss"],
+                             rtol=1e-6)
+  # The 8-device step is data parallel: 2 images per device, gradients
+  # summed across devices. One device holds the whole batch.
+  assert facts["8"] == {"all_reduce": True, "per_device_batch": [2]}
+  assert facts["1"] == {"all_reduce": False, "per_device_batch": [16]}
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error(eight):
+  facts, _ = eight
+  assert facts["error"] == (
+      "config.training.batch_size=12 is not divisible by the 8 devices; use "
+      "a multiple of 8.")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one_device(eight, tmp_path):
+  """2 hosts x 2 devices via jax.distributed: same result, one writer."""
+  _, arrays = eight
+  workdir = tmp_path / "run"
+  port = _free_port()
+  cmd = [sys.executable, str(REPO / "launch.py"), "--config",
+         "configs/mnist_ddpm.py:tiny", "--workdir", str(workdir),
+         "--config.data.name=organamnist_small",
+         "--config.training.num_train_steps=2",
+         "--config.training.log_every=1", "--config.training.sample_every=2"]
+  procs = [subprocess.Popen(
+      cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                          JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                          JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+           for i in range(2)]
+  results = []
+  for proc in procs:
+    try:
+      results.append(proc.communicate(timeout=TIMEOUT) + (proc.returncode,))
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      pytest.fail("the two processes did not finish")
+  for out, err, rc in results:
+    assert rc == 0, err[-3000:]
+  (out0, _, _), (out1, _, _) = results
+  assert "4 device(s) (cpu) on 2 process(es)" in out0
+  assert re.findall(r"^jaxdiff: step (\d)/2", out0, re.M) == ["1", "2"]
+  assert "jaxdiff:" not in out1  # Only process 0 logs.
+  with open(workdir / "metrics.jsonl") as f:
+    assert [json.loads(l)["step"] for l in f] == [1, 2]  # Written once.
+  assert os.path.isfile(workdir / "samples" / "step_0000002.png")
+  # The checkpoint (plain Orbax) equals two steps on one device.
+  code = textwrap.dedent(f"""
+      import sys, numpy as np, jax, orbax.checkpoint as ocp
+      m = ocp.CheckpointManager({str(workdir / "checkpoints")!r})
+      s = m.restore(m.latest_step(), args=ocp.args.Composite(
+          state=ocp.args.StandardRestore()))["state"]
+      flat = {{jax.tree_util.keystr(p): np.asarray(l) for p, l in
+              jax.tree_util.tree_flatten_with_path(s["params"])[0]}}
+      np.savez(sys.argv[1], step=np.asarray(s["step"]), **flat)
+  """)
+  got_path = str(tmp_path / "got.npz")
+  proc = subprocess.run([sys.executable, "-c", code, got_path], env=_env(),
+                        capture_output=True, text=True, timeout=TIMEOUT,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  want = _params(arrays, "n1_s2")
+  with np.load(got_path) as got:
+    assert int(got["step"]) == 2
+    assert sorted(k for k in got.files if k != "step") == sorted(want)
+    for k in want:
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6,
+                                 err_msg=k)

@@ -1,0 +1,333 @@
+"""Tests for jaxdiff.train: exact resume, non-finite guard, smoke runs."""
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib
+import io
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import signal
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import organamnist
+from jaxdiff import checkpoint as ckpt_lib
+from jaxdiff import config as config_lib
+from jaxdiff import run as run_lib
+from jaxdiff import train
+from jaxdiff import viz
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fixture_compile_cache():
+  """JAX's persistent compilation cache: the tiny runs compile once."""
+  path = os.environ.get("JAXDIFF_TEST_JIT_CACHE") or os.path.join(
+      tempfile.gettempdir(), "jaxdiff_test_jit_cache")
+  old = jax.config.jax_compilation_cache_dir
+  if old is None:
+    jax.config.update("jax_compilation_cache_dir", path)
+  yield
+  jax.config.update("jax_compilation_cache_dir", old)
+
+
+@pytest.fixture(name="real_data_dir", scope="module")
+def fixture_real_data_dir():
+  """The real data sets: $JAXDIFF_TEST_DATA_DIR, else <repo>/../shared/data."""
+  path = os.environ.get("JAXDIFF_TEST_DATA_DIR") or str(
+      REPO.parent / "shared" / "data")
+  return path if os.path.isdir(path) else None
+
+
+def _tiny(**training):
+  """configs/organamnist.py:tiny on the embedded subset, no sampling."""
+  c = organamnist.get_config("tiny")
+  c.data.name = "organamnist_small"
+  c.training.sample_every = 0
+  c.training.log_every = 1
+  c.training.checkpoint_every = 2
+  c.training.keep_checkpoints = 10
+  for k, v in training.items():
+    c.training[k] = v
+  return c
+
+
+def _train(config, workdir):
+  """train_and_evaluate with its stdout captured: (state, stdout)."""
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    state = train.train_and_evaluate(config, str(workdir))
+  return state, out.getvalue()
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _np(tree):
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _assert_close(a, b, rtol=1e-6, atol=1e-7):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="module", name="full_run")
+def fixture_full_run(tmp_path_factory):
+  """4 uninterrupted steps of the tiny OrganAMNIST config."""
+  workdir = tmp_path_factory.mktemp("full")
+  state, stdout = _train(_tiny(num_train_steps=4), workdir)
+  return dict(workdir=str(workdir), params=_np(state.params),
+              ema=_np(state.ema_params), stdout=stdout,
+              metrics=_metrics(workdir))
+
+
+# ------------------------------------------------------------ exact resume
+
+
+def test_resumed_run_equals_uninterrupted(full_run, tmp_path):
+  _train(_tiny(num_train_steps=2), tmp_path)
+  with ckpt_lib.Checkpointer(tmp_path / "checkpoints") as ckpt:
+    assert ckpt.all_steps() == [2]
+  state, stdout = _train(_tiny(num_train_steps=4), tmp_path)
+  assert "resumed from step 2" in stdout
+  assert int(state.step) == 4
+  _assert_close(_np(state.params), full_run["params"])
+  _assert_close(_np(state.ema_params), full_run["ema"])
+  # Steps 3 and 4 saw the same batches and noise: same losses.
+  resumed = {r["step"]: r["loss"] for r in _metrics(tmp_path)}
+  full = {r["step"]: r["loss"] for r in full_run["metrics"]}
+  assert sorted(resumed) == [1, 2, 3, 4]
+  for s in (3, 4):
+    assert resumed[s] == pytest.approx(full[s], rel=1e-6)
+
+
+def test_draw_batch_covers_each_epoch_once():
+  n, b = 40, 8
+  images = jnp.zeros((n, 2, 2, 1), jnp.uint8)
+  labels = jnp.arange(n, dtype=jnp.int32)  # label i <=> image i
+  key = jax.random.key(3)
+  draw = jax.jit(lambda s: train.draw_batch(images, labels, key, s,
+                                            batch_size=b, random_flip=False))
+  epochs = [np.concatenate([np.asarray(draw(s)[1]) for s in range(e * 5,
+                                                                   e * 5 + 5)])
+            for e in range(2)]
+  for idx in epochs:
+    assert sorted(idx.tolist()) == list(range(n))
+  assert not np.array_equal(epochs[0], epochs[1])
+  np.testing.assert_array_equal(np.asarray(draw(7)[1]), epochs[1][16:24])
+
+
+# --------------------------------------------------------- non-finite guard
+
+
+def _step_setup(tx):
+  config = _tiny()
+  process = config_lib.build_process(config)
+  params = {"w": jnp.full((1, 1, 1, 1), 0.5, jnp.float32)}
+  state = train.TrainState(step=jnp.asarray(5, jnp.int32), params=params,
+                           ema_params=params, opt_state=tx.init(params),
+                           nonfinite=jnp.asarray(2, jnp.int32))
+  x0 = jnp.linspace(-1.0, 1.0, 4 * 3 * 3).reshape(4, 3, 3, 1)
+  return process, state, x0
+
+
+def _run_step(apply_fn, tx, process, state, x0):
+  step = jax.jit(lambda s: train.train_step(
+      s, x0, None, jax.random.key(0), apply_fn=apply_fn, tx=tx,
+      process=process, ema_decay=0.9, loss_kwargs={}))
+  return step(state)
+
+
+def _linear(params, x, t, y=None, *, train=False, rngs=None):
+  del t, y, train, rngs
+  return x * params["w"]
+
+
+def _nan_net(params, x, t, y=None, *, train=False, rngs=None):
+  return _linear(params, x, t) * jnp.nan
+
+
+def _inf_update() -> optax.GradientTransformation:
+  return optax.GradientTransformation(
+      lambda p: optax.EmptyState(),
+      lambda g, s, p=None: (jax.tree.map(
+          lambda x: jnp.full_like(x, jnp.inf), g), s))
+
+
+@pytest.mark.parametrize("apply_fn,tx", [
+    (_nan_net, optax.adam(1e-3)),    # NaN loss and gradients
+    (_linear, _inf_update()),        # finite loss, infinite parameters
+], ids=["nan_loss", "inf_update"])
+def test_nonfinite_step_is_skipped(apply_fn, tx):
+  process, state, x0 = _step_setup(tx)
+  new, metrics = _run_step(apply_fn, tx, process, state, x0)
+  _assert_close(_np(new.params), _np(state.params), rtol=0, atol=0)
+  _assert_close(_np(new.ema_params), _np(state.ema_params), rtol=0, atol=0)
+  _assert_close(_np(new.opt_state), _np(state.opt_state), rtol=0, atol=0)
+  assert int(new.step) == 6 and int(new.nonfinite) == 3
+  assert float(metrics["skipped"]) == 1.0
+
+
+def test_finite_step_updates_and_resets_count():
+  tx = optax.sgd(0.1)
+  process, state, x0 = _step_setup(tx)
+  new, metrics = _run_step(_linear, tx, process, state, x0)
+  assert int(new.nonfinite) == 0 and float(metrics["skipped"]) == 0.0
+  # SGD: w' = w - lr * dloss/dw; the EMA moves 10% of the way.
+  w, w_new = float(state.params["w"][0, 0, 0, 0]), float(
+      new.params["w"][0, 0, 0, 0])
+  assert w_new != w
+  assert float(new.ema_params["w"][0, 0, 0, 0]) == pytest.approx(
+      0.9 * w + 0.1 * w_new, rel=1e-6)
+
+
+def test_nonfinite_run_stops_and_keeps_last_good_checkpoint(full_run,
+                                                             tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(full_run["workdir"], workdir)
+  config = _tiny(num_train_steps=20, max_nonfinite=3, checkpoint_every=1,
+                 lambda_freq=float("nan"))
+  with pytest.raises(train.TrainingError) as e:
+    _train(config, workdir)
+  msg = str(e.value)
+  assert "3 non-finite (NaN/Inf) steps in a row before step 7" in msg
+  assert "last good checkpoint is step 4" in msg
+  assert "config.training.lr" in msg
+  with ckpt_lib.Checkpointer(workdir / "checkpoints") as ckpt:
+    assert ckpt.latest_step() == 4
+  _, params, step = run_lib.restore_params(_tiny(), str(workdir),
+                                           use_ema=False)
+  assert step == 4
+  _assert_close(_np(params), full_run["params"], rtol=0, atol=0)
+  skipped = [r for r in _metrics(workdir) if r["step"] > 4]
+  assert [r["step"] for r in skipped] == [5, 6]
+  assert all(r["skipped"] == 1.0 and math.isnan(r["loss"]) for r in skipped)
+
+
+def test_stop_flag_turns_sigint_into_a_request():
+  before = signal.getsignal(signal.SIGINT)
+  with train._StopFlag() as stop:  # pylint: disable=protected-access
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested
+    with pytest.raises(KeyboardInterrupt):  # A second Ctrl-C interrupts.
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is before
+
+
+# ------------------------------------------------------------- logging
+
+
+_LINE = re.compile(r"^jaxdiff: step (\d+)/4 \| loss ([0-9.]+) \| ([0-9.]+) "
+                   r"s/step \| (\d+) img/s$", re.M)
+
+
+def test_step_time_log_line(full_run):
+  out = full_run["stdout"]
+  assert re.search(r"^jaxdiff: compiled and ran the first 1 step\(s\) in "
+                   r"[0-9.]+ s\.$", out, re.M), out
+  assert re.search(r"^jaxdiff: step 1/4 \| loss [0-9.]+$", out, re.M), out
+  lines = _LINE.findall(out)
+  assert [int(s) for s, *_ in lines] == [2, 3, 4], out
+  records = {r["step"]: r for r in full_run["metrics"]}
+  for s, loss, s_per_step, img_s in lines:
+    rec = records[int(s)]
+    assert float(loss) == pytest.approx(rec["loss"], abs=5e-5)
+    assert float(s_per_step) == pytest.approx(rec["s_per_step"], abs=5e-5)
+    # 16 images per step (the tiny batch).
+    assert int(img_s) == pytest.approx(16 / rec["s_per_step"], abs=1)
+
+
+# ------------------------------------------------------ smoke per config
+
+
+def _tiny_configs():
+  out = []
+  for path in sorted(glob.glob(str(REPO / "configs" / "*.py"))):
+    name = os.path.basename(path)[:-3]
+    if name.startswith("_") or name == "base":
+      continue
+    module = importlib.import_module(f"configs.{name}")
+    try:
+      module.get_config("tiny")
+    except (TypeError, ValueError):
+      continue
+    out.append(name)
+  return out
+
+
+def _grid_size(num, h, w, scale=4, pad=2):
+  """viz.save_grid's documented size: ceil(sqrt(N)) columns, 2 px padding."""
+  ncol = math.ceil(math.sqrt(num))
+  nrow = math.ceil(num / ncol)
+  return ((ncol * (w + pad) + pad) * scale, (nrow * (h + pad) + pad) * scale)
+
+
+@pytest.mark.parametrize("name", _tiny_configs())
+def test_smoke_train_and_sample(name, tmp_path, real_data_dir, monkeypatch):
+  config = importlib.import_module(f"configs.{name}").get_config("tiny")
+  dc = config.data
+  if real_data_dir:
+    dc.data_dir = real_data_dir
+  elif (dc.image_size, dc.channels) == (28, 1):
+    dc.name, dc.num_classes = "organamnist_small", 11
+  else:
+    pytest.skip(f"no real data for {name}; set JAXDIFF_TEST_DATA_DIR")
+  config.training.num_train_steps = 2
+  config.training.steps_per_dispatch = 1
+  config.training.log_every = 1
+  config.training.sample_every = 1
+  config.training.checkpoint_every = 2
+  curves = []
+  real_loss_curves = viz.loss_curves
+  monkeypatch.setattr(viz, "loss_curves", lambda path, records, **kw: (
+      curves.append(len(records)), real_loss_curves(path, records, **kw))[1])
+  state, _ = _train(config, tmp_path)
+
+  assert int(state.step) == 2
+  records = _metrics(tmp_path)
+  assert [r["step"] for r in records] == [1, 2]
+  for r in records:  # eps-MSE of an untrained net: E|eps|^2 = 1 and more.
+    assert 0.5 < r["mse"] < 10 and r["skipped"] == 0.0
+  # A grid per sample time, of the size save_grid documents.
+  sc = config.sampling
+  for s in (1, 2):
+    with Image.open(tmp_path / "samples" / f"step_{s:07d}.png") as img:
+      assert img.size == _grid_size(sc.num_samples, dc.image_size,
+                                    dc.image_size)
+  # loss.png is redrawn at every sample time, then at the end.
+  assert curves[:2] == [1, 2] and os.path.isfile(tmp_path / "loss.png")
+  # The checkpoint restores to the same parameters.
+  _, ema, step = run_lib.restore_params(config, str(tmp_path))
+  assert step == 2
+  _assert_close(_np(ema), _np(state.ema_params), rtol=0, atol=0)
+
+
+def test_organamnist_unet_has_6_6m_parameters():
+  config = organamnist.get_config()
+  model = config_lib.build_model(config)
+  shapes = train.abstract_state(model, train.make_optimizer(config.training),
+                                train.image_shape(config))
+  n = sum(math.prod(p.shape) for p in jax.tree.leaves(shapes.params))
+  assert 6.2e6 <= n <= 7.0e6, n
