@@ -4,8 +4,27 @@
     python launch.py --config configs/organamnist.py --workdir runs/organ
     python launch.py --config configs/organamnist.py:tiny --workdir /tmp/t
     python launch.py --config configs/organamnist.py:quickstart --workdir runs/qs
+
+Denoising benchmark (first 300 test images, y = clip(x + 0.3 n, -1, 1)):
+
+    python launch.py --config configs/organamnist.py --workdir runs/organ \
+        --mode denoise
+    python launch.py --config configs/organamnist.py:deblur \
+        --workdir runs/organ --mode denoise
 """
+import ml_collections
+
 from configs import base
+
+
+# Inverse-problem variants: config.denoise overrides (same trained model).
+_OPERATOR_VARIANTS = {
+    "inpaint": dict(operator="inpaint_random", sigma=0.05),
+    "inpaint_box": dict(operator="inpaint_box", sigma=0.05),
+    "deblur": dict(operator="blur", sigma=0.05),
+    "sr2": dict(operator="sr2", sigma=0.05),
+    "sr4": dict(operator="sr4", sigma=0.05),
+}
 
 
 def get_config(variant: str = ""):
@@ -28,6 +47,35 @@ def get_config(variant: str = ""):
   c.sampling.method = "dpm_solver_pp"
   c.sampling.steps = 50
   c.sampling.grid = "quadratic"
+
+  # Inverse problems (--mode denoise); see jaxdiff/inverse.py.
+  c.denoise = ml_collections.ConfigDict()
+  c.denoise.operator = "denoise"   # denoise | inpaint_random | inpaint_box |
+  #                                  blur | sr2 | sr4
+  c.denoise.sigma = 0.3            # y = clip(A x + sigma n, -1, 1)
+  c.denoise.noise_model = "clipped"  # likelihood: clipped | gaussian
+  c.denoise.clip_measurement = True
+  c.denoise.methods = "tweedie,dps,dps_matched,posterior_mean"
+  c.denoise.steps = 50             # sampler steps (DPS and matched methods)
+  c.denoise.sampler = "ddpm"       # DPS base sampler (any of SAMPLERS)
+  c.denoise.grid = "uniform"
+  c.denoise.zeta = 1.0             # DPS step: zeta * grad ||y - A x0_hat||
+  c.denoise.num_posterior = 8      # K samples averaged by posterior_mean
+  c.denoise.posterior_of = "dps"   # dps | dps_matched | matched
+  c.denoise.num_images = 300       # the first N images of the split
+  c.denoise.method_num_images = ""  # e.g. "posterior_mean:50" for slow ones
+  c.denoise.batch_size = 50
+  c.denoise.noise_seed = 0
+  c.denoise.data_split = "test"
+  c.denoise.clip_output = True
+  c.denoise.use_ema = True
+  c.denoise.out_dir = ""           # "" -> WORKDIR/denoise
+  c.denoise.figure_rows = 6
+  c.denoise.missing_fraction = 0.5  # inpaint_random
+  c.denoise.mask_seed = 0           # inpaint_random
+  c.denoise.box_size = 12           # inpaint_box
+  c.denoise.blur_sigma = 1.0        # blur
+
   if variant == "tiny":
     c.data.limit = 256
     c.model.kwargs = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1,
@@ -41,6 +89,11 @@ def get_config(variant: str = ""):
     c.sampling.steps = 8
     c.sampling.num_samples = 8
     c.sampling.batch_size = 8
+    c.denoise.num_images = 8
+    c.denoise.batch_size = 4
+    c.denoise.steps = 4
+    c.denoise.num_posterior = 2
+    c.denoise.figure_rows = 4
   elif variant == "quickstart":
     # Offline: the OrganAMNIST subset shipped inside the package.
     c.data.name = "organamnist_small"
@@ -56,7 +109,11 @@ def get_config(variant: str = ""):
     c.sampling.steps = 20
     c.sampling.num_samples = 36
     c.sampling.batch_size = 36
+  elif variant in _OPERATOR_VARIANTS:
+    # The same model and protocol with another measurement operator.
+    for key, value in _OPERATOR_VARIANTS[variant].items():
+      c.denoise[key] = value
   elif variant:
-    raise ValueError(f"Unknown variant {variant!r}; use '', 'tiny' or "
-                     "'quickstart'.")
+    raise ValueError(f"Unknown variant {variant!r}; use '', 'tiny', "
+                     f"'quickstart' or one of {sorted(_OPERATOR_VARIANTS)}.")
   return c
