@@ -323,10 +323,10 @@ def test_cifar_jpeg_tar_order_and_pixels(tmp_path):
     for name, color in members.items():
       _add_bytes(tar, name, _jpeg_bytes(color))
   ds = data.load("cifar10", "test", data_dir=str(tmp_path))
-  order = ["test/airplane/0000.jpg", "test/airplane/0001.jpg",
-           "test/truck/0000.jpg", "test/truck/0001.jpg"]
+  order = ["test/airplane/0000.jpg", "test/truck/0000.jpg",
+           "test/airplane/0001.jpg", "test/truck/0001.jpg"]
   assert ds.images.shape == (4, 32, 32, 3) and ds.images.dtype == np.uint8
-  np.testing.assert_array_equal(ds.labels, [0, 0, 9, 9])
+  np.testing.assert_array_equal(ds.labels, [0, 9, 0, 9])
   expected = np.array([members[n] for n in order], np.int16)[:, None, None, :]
   assert np.abs(ds.images.astype(np.int16) - expected).max() <= 3
   train = data.load("cifar10", "train", data_dir=str(tmp_path))
@@ -712,7 +712,9 @@ def test_real_cifar10_jpeg(real_data_dir):
   train = data.load("cifar10", "train", data_dir=real_data_dir)  # ~5 s
   assert train.images.shape == (50000, 32, 32, 3)
   np.testing.assert_array_equal(np.bincount(train.labels), [5000] * 10)
-  assert np.all(train.labels[:5000] == 0)  # Sorted by class: airplanes first.
+  # Classes interleaved: any prefix of 10 n images holds n of every class.
+  np.testing.assert_array_equal(train.labels[:20], np.tile(np.arange(10), 2))
+  np.testing.assert_array_equal(np.bincount(test.labels[:1000]), [100] * 10)
 
 
 def test_real_checksums(real_data_dir):

@@ -455,8 +455,10 @@ def read_image_tar(path: str, split: str, class_names: Sequence[str],
                    ) -> Tuple[np.ndarray, np.ndarray]:
   """Decodes `<split>/<class>/<file>` images from a tar, in memory.
 
-  Images are ordered by class index, then by file name, so the result does
-  not depend on the order of the archive's members.
+  Images are interleaved across classes: the first file (by name) of every
+  class in class order, then the second of every class, and so on. The order
+  does not depend on the archive's member order, and the first N images
+  (`limit=N`) cover all classes evenly rather than only the first class.
 
   Args:
     path: the tar archive (any compression).
@@ -496,7 +498,14 @@ def read_image_tar(path: str, split: str, class_names: Sequence[str],
   if not entries:
     raise DataError(f"{path}: no images under {split}/<class>/ in the "
                     "archive.")
-  entries.sort(key=lambda e: (e[0], e[1]))
+  entries.sort(key=lambda e: (e[0], e[1]))  # By class, then file name.
+  first: Dict[int, int] = {}  # Class -> index of its first entry.
+  for i, entry in enumerate(entries):
+    first.setdefault(entry[0], i)
+  # Interleave: sort by (rank of the file within its class, class).
+  order = sorted(range(len(entries)),
+                 key=lambda i: (i - first[entries[i][0]], entries[i][0]))
+  entries = [entries[i] for i in order]
   if limit is not None:
     entries = entries[:limit]
   images: List[np.ndarray] = []
@@ -527,8 +536,8 @@ def load_cifar10(data_dir: str, split: str = "train", *,
   Sources, in order: `cifar-10-batches-bin/*.bin` (the official binary
   layout); `cifar-10-binary.tar.gz` (the official archive, extracted safely
   next to it); `cifar10-jpeg.tar.gz` (`<split>/<class>/NNNN.jpg`, decoded in
-  memory, ordered by class then file name); tensorflow_datasets. The python
-  pickle batches are never read.
+  memory, classes interleaved: the n-th file of every class, n = 0, 1, ...);
+  tensorflow_datasets. The python pickle batches are never read.
 
   Args:
     data_dir: the data root.
