@@ -100,20 +100,31 @@ def get_config(variant: str = ""):
     c.model.kwargs = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1,
                           attn_resolutions=(7,), num_heads=4, dropout=0.0)
     c.training.batch_size = 64
-    c.training.num_train_steps = 600
+    c.training.num_train_steps = 300
     c.training.warmup_steps = 50
     c.training.lr = 1e-3
     c.training.log_every = 20
-    c.training.sample_every = 300
-    c.training.checkpoint_every = 300
+    c.training.sample_every = 150
+    c.training.checkpoint_every = 150
     c.sampling.steps = 20
     c.sampling.num_samples = 36
     c.sampling.batch_size = 36
+  elif variant == "cpu":
+    # A 1.1M-parameter U-Net sized for a 2-core CPU (trained with
+    # `--config.training.num_train_steps` set to the time budget).
+    c.model.kwargs = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                          attn_resolutions=(7,), num_heads=4, dropout=0.0)
+    c.training.batch_size = 64
+    c.training.lr = 1e-3
+    c.training.warmup_steps = 200
+    c.training.freq_weighting = "snr"
+    c.training.checkpoint_every = 250
+    c.training.sample_every = 1000
   elif variant in _OPERATOR_VARIANTS:
     # The same model and protocol with another measurement operator.
     for key, value in _OPERATOR_VARIANTS[variant].items():
       c.denoise[key] = value
   elif variant:
     raise ValueError(f"Unknown variant {variant!r}; use '', 'tiny', "
-                     f"'quickstart' or one of {sorted(_OPERATOR_VARIANTS)}.")
+                     f"'quickstart', 'cpu' or one of {sorted(_OPERATOR_VARIANTS)}.")
   return c
