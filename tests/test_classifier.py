@@ -320,17 +320,6 @@ def test_classify_mode_needs_conditional(tmp_path):
     classifier.classify_mode(mnist_ddpm.get_config("tiny"), str(tmp_path))
 
 
-@pytest.fixture(name="real_data_dir")
-def fixture_real_data_dir() -> str:
-  """The real data sets: $JAXDIFF_TEST_DATA_DIR, else <repo>/../shared/data."""
-  path = os.environ.get("JAXDIFF_TEST_DATA_DIR")
-  if not path:
-    path = str(REPO.parent / "shared" / "data")
-  if not os.path.isdir(path):
-    pytest.skip(f"no real data at {path}; set JAXDIFF_TEST_DATA_DIR")
-  return path
-
-
 def test_cifar10_tiny_end_to_end(real_data_dir, tmp_path):
   from configs import cifar10  # pylint: disable=g-import-not-at-top
   config = cifar10.get_config("tiny")

@@ -31,17 +31,6 @@ from jaxdiff.data import make_small_subset
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(name="real_data_dir")
-def fixture_real_data_dir() -> str:
-  """The real data sets: $JAXDIFF_TEST_DATA_DIR, else <repo>/../shared/data."""
-  path = os.environ.get("JAXDIFF_TEST_DATA_DIR")
-  if not path:
-    path = str(REPO.parent / "shared" / "data")
-  if not os.path.isdir(path):
-    pytest.skip(f"no real data at {path}; set JAXDIFF_TEST_DATA_DIR")
-  return path
-
-
 @pytest.fixture(name="no_downloads", autouse=True)
 def fixture_no_downloads(monkeypatch):
   """Makes the optional download packages unimportable, for determinism."""

@@ -398,17 +398,6 @@ def _expected_clipped_mse(x, s):
           + (1 - x)**2 * (1 - sp_special.ndtr(b)))
 
 
-@pytest.fixture(name="real_data_dir")
-def fixture_real_data_dir() -> str:
-  """The real data sets: $JAXDIFF_TEST_DATA_DIR, else <repo>/../shared/data."""
-  path = os.environ.get("JAXDIFF_TEST_DATA_DIR")
-  if not path:
-    path = str(REPO.parent / "shared" / "data")
-  if not os.path.isdir(path):
-    pytest.skip(f"no real data at {path}; set JAXDIFF_TEST_DATA_DIR")
-  return path
-
-
 def test_noisy_input_scores_on_the_first_300_test_images(real_data_dir):
   """The protocol's noisy input: about 17.2 dB and SSIM 0.54 (reference
   system: 17.21 dB). The PSNR agrees with the closed-form expectation."""
