@@ -177,13 +177,13 @@ def train_step(state: TrainState, x0: Array, labels: Optional[Array],
                               x0=x0, key=step_key, labels=labels, **loss_kwargs)
   (loss, metrics), grads = jax.value_and_grad(
       lambda p: loss_fn(p), has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
                      state.ema_params, params)
   ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        & jnp.isfinite(optax.global_norm(updates)))
+        & jnp.isfinite(optax.tree.norm(updates)))
   keep = lambda new, old: jax.tree.map(
       lambda a, b: jnp.where(ok, a, b), new, old)
   new_state = state.replace(
