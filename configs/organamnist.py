@@ -58,6 +58,7 @@ def get_config(variant: str = ""):
   c.denoise.methods = "tweedie,dps,dps_matched,posterior_mean"
   c.denoise.steps = 50             # sampler steps (DPS and matched methods)
   c.denoise.sampler = "ddpm"       # DPS base sampler (any of SAMPLERS)
+  c.denoise.clip_denoised = True   # sampler clips x0_hat (ddpm/ddim only)
   c.denoise.grid = "uniform"
   c.denoise.zeta = 1.0             # DPS step: zeta * grad ||y - A x0_hat||
   c.denoise.num_posterior = 8      # K samples averaged by posterior_mean

@@ -608,6 +608,10 @@ class DenoiseConfig:
     methods: comma-separated names in METHODS.
     steps: sampler steps (grid points) of the sampling methods.
     sampler: base sampler of DPS.
+    clip_denoised: the base sampler clips its x0 estimate to [-1, 1] (ddpm
+      and ddim only; keeps an imperfect network's early x0 = (x - sigma eps)
+      / alpha, with alpha(1) ~ 0.01, from blowing up). DPS's likelihood
+      always sees the unclipped estimate.
     grid: time grid kind.
     zeta: DPS guidance scale.
     num_posterior: K of posterior_mean.
@@ -631,6 +635,7 @@ class DenoiseConfig:
   methods: str = "tweedie,dps,dps_matched,posterior_mean"
   steps: int = 50
   sampler: str = "ddpm"
+  clip_denoised: bool = True
   grid: str = "uniform"
   zeta: float = 1.0
   num_posterior: int = 8
@@ -698,11 +703,18 @@ class DenoiseConfig:
             for f in dataclasses.fields(OperatorOptions)}
 
   def method_settings(self, sampler_options=()) -> MethodSettings:
+    sampler_options = dict(sampler_options)
+    if self.clip_denoised:
+      if self.sampler not in ("ddpm", "ddim"):
+        raise ValueError(
+            f"config.denoise.clip_denoised works with the ddpm and ddim "
+            f"samplers, not {self.sampler!r}; set it to False.")
+      sampler_options["clip_denoised"] = True
     return MethodSettings(
         sampler=self.sampler, steps=self.steps, grid=self.grid,
         zeta=self.zeta, num_posterior=self.num_posterior,
         posterior_of=self.posterior_of, clip_output=self.clip_output,
-        sampler_options=tuple(sorted(dict(sampler_options).items())))
+        sampler_options=tuple(sorted(sampler_options.items())))
 
 
 def _batches(n: int, batch_size: int):

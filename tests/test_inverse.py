@@ -386,6 +386,11 @@ def test_denoise_config_errors_say_what_to_do():
     inverse.DenoiseConfig(method_num_images="dps=3").validate()
   with pytest.raises(ValueError, match="Unknown inverse method 'dsp'"):
     inverse.DenoiseConfig(methods="tweedie,dsp").validate()
+  with pytest.raises(ValueError, match="set it to False"):
+    inverse.DenoiseConfig(sampler="heun").method_settings()
+  settings = inverse.DenoiseConfig(sampler="heun",
+                                   clip_denoised=False).method_settings()
+  assert settings.sampler_options == ()
 
 
 def _expected_clipped_mse(x, s):
