@@ -311,7 +311,7 @@ def test_sample_mode_one_row_per_class(trained):
     w, h = img.size
   # 3 rows of 2 cells (plus a label margin) is about 3/2 as tall as wide;
   # 1 row of 6 or 2 rows of 3 would be wider than tall.
-  assert 1.2 < h / w < 1.8
+  assert h / w > 1.2 and h / w < 1.8
 
 
 def test_classify_mode_needs_conditional(tmp_path):

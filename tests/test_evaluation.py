@@ -109,8 +109,8 @@ def test_sample_quality(clf, test_set, train_set):
                                   train_set.images[:n], labels=labels)
   assert len(res["histogram"]) == K
   assert sum(res["histogram"]) == n
-  assert 1.0 / K <= res["confidence"] <= 1.0
-  assert 1.0 / K <= res["real_confidence"] <= 1.0
+  assert res["confidence"] >= 1.0 / K and res["confidence"] <= 1.0
+  assert res["real_confidence"] >= 1.0 / K and res["real_confidence"] <= 1.0
   assert res["num_samples"] == n and res["num_floor_images"] == n
   assert res["fd"] >= 0 and res["floor"] > 0
   # The histogram and agreement count the classifier's argmax classes.
