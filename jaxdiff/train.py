@@ -147,6 +147,17 @@ def draw_batch(images: Array, labels: Array, key: Array, step: Array, *,
   return x, labels[idx]
 
 
+def ema_decay_at(step: Array, ema_decay: float) -> Array:
+  """The EMA's decay at a step: min(ema_decay, (1 + step) / (10 + step)).
+
+  Without the warm-up a decay of 0.999 leaves 0.999^n of the random
+  initialisation in the average after n steps: 45% after 800 steps, so a
+  short run's EMA weights are far worse than its raw ones.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+
+
 def train_step(state: TrainState, x0: Array, labels: Optional[Array],
                key: Array, *, apply_fn, tx, process, ema_decay: float,
                loss_kwargs: Dict[str, Any]) -> Tuple[TrainState, Dict]:
@@ -166,7 +177,8 @@ def train_step(state: TrainState, x0: Array, labels: Optional[Array],
     apply_fn: (params, x, t, y, train, rngs) -> eps_hat.
     tx: the optimiser.
     process: the forward process.
-    ema_decay: decay of the parameter EMA.
+    ema_decay: decay of the parameter EMA (reached after a warm-up, see
+      `ema_decay_at`).
     loss_kwargs: extra arguments of `losses.diffusion_loss`.
 
   Returns:
@@ -180,7 +192,8 @@ def train_step(state: TrainState, x0: Array, labels: Optional[Array],
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
+  decay = ema_decay_at(state.step, ema_decay)
+  ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
                      state.ema_params, params)
   ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         & jnp.isfinite(optax.tree.norm(updates)))

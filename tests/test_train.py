@@ -195,12 +195,24 @@ def test_finite_step_updates_and_resets_count():
   process, state, x0 = _step_setup(tx)
   new, metrics = _run_step(_linear, tx, process, state, x0)
   assert int(new.nonfinite) == 0 and float(metrics["skipped"]) == 0.0
-  # SGD: w' = w - lr * dloss/dw; the EMA moves 10% of the way.
+  # SGD: w' = w - lr * dloss/dw. At step 5 the EMA's warm-up decay is
+  # min(0.9, 6 / 15) = 0.4: the EMA moves 60% of the way.
   w, w_new = float(state.params["w"][0, 0, 0, 0]), float(
       new.params["w"][0, 0, 0, 0])
   assert w_new != w
   assert float(new.ema_params["w"][0, 0, 0, 0]) == pytest.approx(
-      0.9 * w + 0.1 * w_new, rel=1e-6)
+      0.4 * w + 0.6 * w_new, rel=1e-6)
+
+
+def test_ema_decay_warms_up_to_its_target():
+  steps = jnp.arange(0, 20000)
+  decay = train.ema_decay_at(steps, 0.999)
+  assert float(decay[0]) == pytest.approx(0.1)
+  assert float(decay[-1]) == pytest.approx(0.999)
+  assert bool(jnp.all(jnp.diff(decay) >= 0))
+  # The initialisation's weight in the average after 800 steps: the
+  # product of the decays, under 1% (0.999^800 = 0.45 without warm-up).
+  assert float(jnp.prod(decay[:800])) < 1e-2
 
 
 def test_nonfinite_run_stops_and_keeps_last_good_checkpoint(full_run,
