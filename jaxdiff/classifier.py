@@ -87,6 +87,9 @@ class ClassifyOptions:
     prune_top_k: k > 0 keeps the k best classes after n1 pairs; 0: no pruning.
     num_pairs_pruned: n2, further pairs evaluated on the kept classes only.
     weighting: time weighting of the per-pair errors, a `WEIGHTINGS` name.
+    t_min, t_max: the pairs' times are spread over [t_min, t_max] (within
+      the process's own range). The extremes carry little class information:
+      near t = 0 every label denoises alike, near t = 1 the image is gone.
     seed: key of the fixed (t, noise) pairs.
     timing_pairs: comma-separated pair counts n for the time-per-image curve.
     timing_images: images classified for each point of that curve.
@@ -101,6 +104,8 @@ class ClassifyOptions:
   prune_top_k: int = 0
   num_pairs_pruned: int = 0
   weighting: str = "uniform"
+  t_min: float = 0.0
+  t_max: float = 1.0
   seed: int = 0
   timing_pairs: str = "10,20,50,100"
   timing_images: int = 50
@@ -130,6 +135,10 @@ class ClassifyOptions:
           "config.classify.num_pairs_pruned > 0 needs prune_top_k > 0; set "
           "--config.classify.prune_top_k (e.g. 2) or num_pairs_pruned=0.")
     WEIGHTINGS.get(self.weighting)
+    if not 0.0 <= self.t_min < self.t_max <= 1.0:
+      raise ValueError(
+          f"config.classify.t_min={self.t_min} and t_max={self.t_max} must "
+          "satisfy 0 <= t_min < t_max <= 1.")
     try:
       counts = self.timing_list
     except ValueError:
@@ -194,16 +203,19 @@ class Pairs(NamedTuple):
                  self.weight[start:stop])
 
 
-def pair_times(process: SDE, key: Array, num: int) -> Array:
-  """n times: a Weyl sequence over (t_min, 1], snapped to i/T for a chain.
+def pair_times(process: SDE, key: Array, num: int, *, t_min: float = 0.0,
+               t_max: float = 1.0) -> Array:
+  """n times: a Weyl sequence over (t_min, t_max], on the steps of a chain.
 
-  Every prefix of the sequence spreads evenly over the time range, and time
-  j depends on (key, j) alone.
+  Every prefix of the sequence spreads evenly over the interval, and time j
+  depends on (key, j) alone.
 
   Args:
     process: the SDE (a discrete chain has `num_steps` = T).
     key: PRNG key (gives the sequence's random offset).
     num: n.
+    t_min, t_max: the interval, clipped to the process's training times
+      ((process.t_min, 1], or the steps i/T, i = 1..T, of a chain).
 
   Returns:
     t [n] float32.
@@ -211,15 +223,18 @@ def pair_times(process: SDE, key: Array, num: int) -> Array:
   u0 = jax.random.uniform(key, ())
   u = jnp.mod(u0 + jnp.arange(num, dtype=jnp.float32) * _GOLDEN, 1.0)  # [n]
   steps = getattr(process, "num_steps", None)
-  if steps:  # i in 1..T, each with probability 1/T.
-    i = jnp.minimum(jnp.floor(u * steps), steps - 1) + 1
+  if steps:  # Steps i in lo..hi, each with probability 1 / (hi - lo + 1).
+    lo = min(max(1, math.ceil(t_min * steps)), steps)
+    hi = max(min(steps, math.floor(t_max * steps)), lo)
+    i = lo + jnp.minimum(jnp.floor(u * (hi - lo + 1)), hi - lo)
     return (i / steps).astype(jnp.float32)
-  t_min = process.t_min
-  return (t_min + (1.0 - t_min) * (1.0 - u)).astype(jnp.float32)  # (t_min, 1]
+  lo = max(t_min, process.t_min)
+  return (lo + (t_max - lo) * (1.0 - u)).astype(jnp.float32)  # (lo, t_max]
 
 
 def make_pairs(process: SDE, key: Array, num: int, image_shape: Sequence[int],
-               *, weighting: str = "uniform") -> Pairs:
+               *, weighting: str = "uniform", t_min: float = 0.0,
+               t_max: float = 1.0) -> Pairs:
   """The fixed (t, noise) pairs shared by all classes and images.
 
   Args:
@@ -229,20 +244,24 @@ def make_pairs(process: SDE, key: Array, num: int, image_shape: Sequence[int],
     num: n >= 1.
     image_shape: (H, W, C).
     weighting: a `WEIGHTINGS` name.
+    t_min, t_max: the interval of the times (see `pair_times`).
 
   Returns:
     Pairs with t [n], noise [n, H, W, C], weight [n].
   """
   if num < 1:
     raise ValueError(f"The number of (t, noise) pairs must be >= 1, got {num}.")
+  if not 0.0 <= t_min < t_max <= 1.0:
+    raise ValueError(f"Need 0 <= t_min < t_max <= 1, got {t_min}, {t_max}.")
   return _make_pairs(process, key, int(num), tuple(image_shape),
-                     WEIGHTINGS.get(weighting))
+                     WEIGHTINGS.get(weighting), float(t_min), float(t_max))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
-def _make_pairs(process, key, num, image_shape, weight_fn) -> Pairs:
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4, 5, 6))
+def _make_pairs(process, key, num, image_shape, weight_fn, t_min,
+                t_max) -> Pairs:
   t_key, n_key = jax.random.split(key)
-  t = pair_times(process, t_key, num)                     # [n]
+  t = pair_times(process, t_key, num, t_min=t_min, t_max=t_max)  # [n]
   noise = jax.vmap(lambda j: jax.random.normal(
       jax.random.fold_in(n_key, j), image_shape))(jnp.arange(num))
   return Pairs(t, noise, weight_fn(process, t).astype(jnp.float32))
@@ -575,7 +594,8 @@ def classify_mode(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   n_total = opts.num_pairs + (opts.num_pairs_pruned if opts.prune_top_k else 0)
   timing = opts.timing_list
   pairs = make_pairs(process, jax.random.key(opts.seed),
-                     max([n_total] + timing), shape, weighting=opts.weighting)
+                     max([n_total] + timing), shape, weighting=opts.weighting,
+                     t_min=opts.t_min, t_max=opts.t_max)
   classify_fn = make_classify_fn(
       apply_fn, process, k, num_pairs=opts.num_pairs,
       prune_top_k=opts.prune_top_k, num_pairs_pruned=opts.num_pairs_pruned)

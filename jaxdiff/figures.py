@@ -470,7 +470,9 @@ def dps_trajectory(config: ml_collections.ConfigDict, restored: Restored,
   ts = samplers.time_grid(process, dc.steps, kind=dc.grid)
   every = _frames_plan(ts, frames)
   apply_fn = train_lib.make_apply_fn(restored.model)
-  options = config_lib.sampler_options(config, dc.sampler)
+  # The same sampler options as `--mode denoise` (x0 clipping included).
+  options = dict(dc.method_settings(
+      config_lib.sampler_options(config, dc.sampler)).sampler_options)
 
   @jax.jit
   def run(params, y, key):

@@ -90,6 +90,15 @@ def test_pairs_are_prefixes_and_spread(vp, chain):
   steps = np.asarray(classifier.make_pairs(chain, key, 50, SHAPE).t) * 1000
   np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
   assert steps.min() >= 1 and steps.max() <= 1000
+  # A time window [t_min, t_max]: continuous times and chain steps inside it.
+  t = np.asarray(classifier.make_pairs(vp, key, 50, SHAPE, t_min=0.2,
+                                       t_max=0.6).t)
+  assert t.min() >= 0.2 and t.max() <= 0.6 and t.max() - t.min() > 0.3
+  steps = np.asarray(classifier.make_pairs(chain, key, 50, SHAPE, t_min=0.2,
+                                           t_max=0.6).t) * 1000
+  assert steps.min() >= 200 and steps.max() <= 600
+  with pytest.raises(ValueError, match="t_min"):
+    classifier.make_pairs(vp, key, 5, SHAPE, t_min=0.7, t_max=0.6)
 
 
 def test_elbo_weight_is_minus_dlogsnr_dt(vp):
