@@ -66,6 +66,7 @@ def get_config():
   c.sampling.batch_size = 64
   c.sampling.eta = 0.0             # ddim
   c.sampling.snr = 0.16            # pc
+  c.sampling.clip_denoised = False  # ddpm, ddim, dpm_solver_pp: x0_hat in [-1, 1]
   c.sampling.guidance_scale = 0.0  # classifier-free guidance w
   c.sampling.classes = ""          # e.g. "0,1,2": one grid row per class
   c.sampling.use_ema = True

@@ -47,6 +47,9 @@ def get_config(variant: str = ""):
   c.sampling.method = "dpm_solver_pp"
   c.sampling.steps = 50
   c.sampling.grid = "quadratic"
+  # x0_hat clipped to the data range: at t = 1 (alpha = 0.01) an eps error
+  # of 0.01 is an x0 error of 1, which unclipped samples amplify.
+  c.sampling.clip_denoised = True
 
   # Inverse problems (--mode denoise); see jaxdiff/inverse.py.
   c.denoise = ml_collections.ConfigDict()
@@ -58,7 +61,7 @@ def get_config(variant: str = ""):
   c.denoise.methods = "tweedie,dps,dps_matched,posterior_mean"
   c.denoise.steps = 50             # sampler steps (DPS and matched methods)
   c.denoise.sampler = "ddpm"       # DPS base sampler (any of SAMPLERS)
-  c.denoise.clip_denoised = True   # sampler clips x0_hat (ddpm/ddim only)
+  c.denoise.clip_denoised = True   # sampler clips x0_hat (ddpm/ddim/dpm_solver_pp)
   c.denoise.grid = "uniform"
   c.denoise.zeta = 1.0             # DPS step: zeta * grad ||y - A x0_hat||
   c.denoise.num_posterior = 8      # K samples averaged by posterior_mean

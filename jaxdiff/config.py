@@ -14,7 +14,9 @@ from jaxdiff import models as models_lib
 from jaxdiff import sde as sde_lib
 
 # Options each sampler reads from config.sampling.
-_SAMPLER_OPTIONS = {"ddim": ("eta",), "pc": ("snr",)}
+_SAMPLER_OPTIONS = {"ddim": ("eta", "clip_denoised"),
+                    "ddpm": ("clip_denoised",),
+                    "dpm_solver_pp": ("clip_denoised",), "pc": ("snr",)}
 
 
 def build_model(config: ml_collections.ConfigDict):
@@ -48,7 +50,8 @@ def build_process(config: ml_collections.ConfigDict):
 
 def sampler_options(config: ml_collections.ConfigDict,
                     method: Optional[str] = None) -> Dict[str, Any]:
-  """Keyword options for the configured sampler (eta for ddim, snr for pc)."""
+  """Keyword options for the configured sampler (eta for ddim, snr for pc,
+  clip_denoised for ddpm, ddim and dpm_solver_pp)."""
   method = method or config.sampling.method
   return {k: config.sampling[k] for k in _SAMPLER_OPTIONS.get(method, ())}
 

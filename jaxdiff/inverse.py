@@ -81,6 +81,8 @@ DATA_RANGE = 2.0
 OPERATORS = Registry("operator")
 NOISE_MODELS = Registry("noise model")
 METHODS = Registry("inverse method")
+# Samplers with a `clip_denoised` option (x0_hat clipped to [-1, 1]).
+CLIPPING_SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp")
 
 _AXES = (1, 2, 3)  # pixel axes of [B, H, W, C]
 
@@ -612,8 +614,8 @@ class DenoiseConfig:
     methods: comma-separated names in METHODS.
     steps: sampler steps (grid points) of the sampling methods.
     sampler: base sampler of DPS.
-    clip_denoised: the base sampler clips its x0 estimate to [-1, 1] (ddpm
-      and ddim only; keeps an imperfect network's early x0 = (x - sigma eps)
+    clip_denoised: the base sampler clips its x0 estimate to [-1, 1]
+      (`CLIPPING_SAMPLERS` only; keeps an imperfect network's early x0 = (x - sigma eps)
       / alpha, with alpha(1) ~ 0.01, from blowing up). DPS's likelihood
       always sees the unclipped estimate.
     grid: time grid kind.
@@ -708,12 +710,13 @@ class DenoiseConfig:
 
   def method_settings(self, sampler_options=()) -> MethodSettings:
     sampler_options = dict(sampler_options)
-    if self.clip_denoised:
-      if self.sampler not in ("ddpm", "ddim"):
-        raise ValueError(
-            f"config.denoise.clip_denoised works with the ddpm and ddim "
-            f"samplers, not {self.sampler!r}; set it to False.")
-      sampler_options["clip_denoised"] = True
+    if self.sampler in CLIPPING_SAMPLERS:
+      sampler_options["clip_denoised"] = bool(self.clip_denoised)
+    elif self.clip_denoised:
+      raise ValueError(
+          f"config.denoise.clip_denoised works with the samplers "
+          f"{', '.join(CLIPPING_SAMPLERS)}, not {self.sampler!r}; set it to "
+          "False.")
     return MethodSettings(
         sampler=self.sampler, steps=self.steps, grid=self.grid,
         zeta=self.zeta, num_posterior=self.num_posterior,

@@ -166,8 +166,14 @@ def heun_ode(sde: SDE, eps_fn: EpsFn) -> Stepper:
 
 
 @SAMPLERS.register("dpm_solver_pp")
-def dpm_solver_pp_2m(sde: SDE, eps_fn: EpsFn) -> Stepper:
-  """DPM-Solver++(2M) (Lu et al. 2022): multistep, data prediction."""
+def dpm_solver_pp_2m(sde: SDE, eps_fn: EpsFn, *,
+                     clip_denoised: bool = False) -> Stepper:
+  """DPM-Solver++(2M) (Lu et al. 2022): multistep, data prediction.
+
+  clip_denoised clips the data prediction x0_hat to [-1, 1] (the paper's
+  thresholding, static): near t = 1 an eps-prediction network's x0_hat =
+  (x - sigma eps_hat) / alpha multiplies its error by 1 / alpha.
+  """
 
   def init(x):
     return {"x": x, "x0_prev": jnp.zeros_like(x), "h_prev": jnp.zeros(()),
@@ -179,6 +185,8 @@ def dpm_solver_pp_2m(sde: SDE, eps_fn: EpsFn) -> Stepper:
     eps = eps_fn(x, _full(t, x))
     a_t, s_t, a_s, s_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
     x0 = (x - s_t * eps) / a_t
+    if clip_denoised:
+      x0 = jnp.clip(x0, -1.0, 1.0)
     h = jnp.log(a_s / s_s) - jnp.log(a_t / s_t)
     r = state["h_prev"] / h
     inv2r = jnp.where(state["first"], 0.0, 0.5 / jnp.where(state["first"], 1.0, r))

@@ -8,6 +8,7 @@ x_t ~ N(alpha mu, alpha^2 s2 + sigma^2), so the exact noise prediction is
 and the probability-flow ODE maps x_t = alpha mu + sqrt(alpha^2 s2 + sigma^2) z
 along a line of constant z. Every sampler is checked against these facts.
 """
+import functools
 import math
 
 import chex
@@ -293,6 +294,26 @@ def test_ddim_inversion_round_trip_converges():
 
 
 # ------------------------------------------------------- (4) determinism
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm_solver_pp"])
+def test_clip_denoised_bounds_x0_estimate(name):
+  """A point mass inside [-1, 1] is reached with or without clipping; one at
+  3 (outside the data range the clip assumes) is pulled to the bound."""
+  sde = _make_sde("vp_cosine")
+  ts = samplers.time_grid(sde, 20, t_min=1e-4, end_at_zero=False)
+  x_t = sde.prior_sample(jax.random.key(0), (16, DIM))
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def run(mu, clip):
+    eps_fn = gaussian_eps_fn(sde, mu=mu, s2=0.0)
+    stepper = samplers.make_sampler(name, sde, eps_fn, clip_denoised=clip)
+    return samplers.integrate(stepper, x_t, ts, jax.random.key(1))
+
+  for clip in (False, True):
+    np.testing.assert_allclose(run(0.5, clip), 0.5, atol=2e-2)
+  np.testing.assert_allclose(run(3.0, False), 3.0, atol=2e-2)
+  np.testing.assert_allclose(run(3.0, True), 1.0, atol=2e-2)
 
 
 def test_determinism_per_key():
