@@ -359,6 +359,31 @@ class InverseProblem:
     y = ax + self.sigma * noise
     return jnp.clip(y, -1.0, 1.0) if self.clip else y
 
+  def impute(self, key: Array, y: Array) -> Array:
+    """Replaces clipped entries of y by draws beyond the bound they hit.
+
+    With the clipped noise model, an entry y = -1 says only that
+    A x + sigma n <= -1. Where A x sits at the bound (the black background
+    of a CT slice: 12% of the protocol's pixels are clipped) the unclipped
+    value is -1 - sigma |n'|, n' standard normal; that draw puts the
+    entry's noise back on the Gaussian the network was trained on, so
+    methods that read y as a noisy image (Tweedie, the matched start) see
+    the noise they expect. Unclipped entries are kept. With the Gaussian
+    noise model (clipping ignored), y is returned unchanged.
+
+    Args:
+      key: PRNG key of the draw.
+      y: measurements [B, ...].
+
+    Returns:
+      y with its clipped entries imputed.
+    """
+    if not (self.clip and self.noise_model == "clipped"):
+      return y
+    tail = self.sigma * jnp.abs(jax.random.normal(key, y.shape, y.dtype))
+    return jnp.where(y <= -1.0, -1.0 - tail,
+                     jnp.where(y >= 1.0, 1.0 + tail, y))
+
   def log_likelihood(self, y: Array, x: Array) -> Array:
     """[B] log p(y | x) under the noise model (x-independent terms dropped)."""
     return NOISE_MODELS.get(self.noise_model)(y, self.operator.forward(x),
@@ -474,6 +499,8 @@ class MethodSettings:
     posterior_of: the sampling method `posterior_mean` averages.
     clip_output: clip reconstructions to [-1, 1].
     sampler_options: (name, value) pairs for the base sampler.
+    impute_samples: `tweedie` averages its estimate over this many
+      imputations of the clipped entries (`InverseProblem.impute`).
   """
   sampler: str = "ddpm"
   steps: int = 50
@@ -483,6 +510,7 @@ class MethodSettings:
   posterior_of: str = "dps"
   clip_output: bool = True
   sampler_options: Tuple[Tuple[str, Any], ...] = ()
+  impute_samples: int = 8
 
 
 def make_method(name: str, sde: sde_lib.SDE, problem: InverseProblem,
@@ -511,14 +539,32 @@ def make_method(name: str, sde: sde_lib.SDE, problem: InverseProblem,
 
 @METHODS.register("tweedie")
 def _tweedie(sde, problem, settings) -> Method:
-  """x0_hat(alpha(t*) y, t*): one network call at the matched time."""
-  del settings
-  t_star = matched_time(sde, problem.sigma)
+  """x0_hat(alpha(t*) y, t*): the network at the matched time.
 
-  def method(eps_fn, y, key):
-    del key
+  With the clipped noise model the estimate is averaged over
+  `settings.impute_samples` imputations of y's clipped entries (one network
+  call each); with the Gaussian model it is one call on y itself.
+  """
+  t_star = matched_time(sde, problem.sigma)
+  k = settings.impute_samples if problem.noise_model == "clipped" else 1
+  if k < 1:
+    raise ValueError(f"impute_samples must be >= 1, got {k}.")
+
+  def one(eps_fn, y, key):
+    y = problem.impute(key, y)
     x = sde.alpha(t_star) * problem.operator.backproject(y)
     return sde.eps_to_x0(x, eps_fn(x, _full(t_star, x)), t_star)
+
+  def method(eps_fn, y, key):
+    if k == 1:
+      return one(eps_fn, y, key)
+    # Each estimate clipped to the data range before the mean, as in
+    # posterior_mean.
+    clip = (lambda a: jnp.clip(a, -1.0, 1.0)) if settings.clip_output else (
+        lambda a: a)
+    keys = jax.random.split(key, k)
+    return jnp.mean(jax.vmap(lambda kk: clip(one(eps_fn, y, kk)))(keys),
+                    axis=0)
 
   return method
 
@@ -533,8 +579,9 @@ def _dps_from(sde, problem, settings, *, matched: bool, zeta: float) -> Method:
   def method(eps_fn, y, key):
     init_key, key = jax.random.split(key)
     b = y.shape[0]
-    if matched:
-      x_init = sde.alpha(t_max) * problem.operator.backproject(y)
+    if matched:  # x_{t*} = alpha(t*) y, y's clipped entries imputed.
+      y_in = problem.impute(jax.random.fold_in(init_key, 1), y)
+      x_init = sde.alpha(t_max) * problem.operator.backproject(y_in)
     else:
       x_init = sde.prior_sample(init_key, (b, *problem.image_shape))
     stepper = dps_stepper(settings.sampler, sde, eps_fn, problem, y,
@@ -615,13 +662,15 @@ class DenoiseConfig:
     steps: sampler steps (grid points) of the sampling methods.
     sampler: base sampler of DPS.
     clip_denoised: the base sampler clips its x0 estimate to [-1, 1]
-      (`CLIPPING_SAMPLERS` only; keeps an imperfect network's early x0 = (x - sigma eps)
-      / alpha, with alpha(1) ~ 0.01, from blowing up). DPS's likelihood
+      (`CLIPPING_SAMPLERS` only; keeps an imperfect network's early
+      x0 = (x - sigma eps) / alpha, with alpha(1) ~ 0.01, from blowing up). DPS's likelihood
       always sees the unclipped estimate.
     grid: time grid kind.
     zeta: DPS guidance scale.
     num_posterior: K of posterior_mean.
     posterior_of: the method posterior_mean averages.
+    impute_samples: imputations of y's clipped entries averaged by tweedie
+      (clipped noise model only; see `InverseProblem.impute`).
     num_images: the first N images of the split.
     method_num_images: fewer images for slow methods, e.g.
       'posterior_mean:50,dps:100' ('' = num_images for every method).
@@ -646,6 +695,7 @@ class DenoiseConfig:
   zeta: float = 1.0
   num_posterior: int = 8
   posterior_of: str = "dps"
+  impute_samples: int = 8
   num_images: int = 300
   method_num_images: str = ""
   batch_size: int = 50
@@ -721,6 +771,7 @@ class DenoiseConfig:
         sampler=self.sampler, steps=self.steps, grid=self.grid,
         zeta=self.zeta, num_posterior=self.num_posterior,
         posterior_of=self.posterior_of, clip_output=self.clip_output,
+        impute_samples=self.impute_samples,
         sampler_options=tuple(sorted(sampler_options.items())))
 
 

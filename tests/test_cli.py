@@ -261,8 +261,8 @@ def test_sample_mode_writes_grid_and_npz(runs, preempted):
   rc, out, err = runs["sample"]
   assert rc == 0, err[-3000:]
   step = _stopped_step(preempted)
-  assert f"jaxdiff: 8 samples from step {step} (dpm_solver_pp, 8 steps)" in out
-  with np.load(preempted["workdir"] / "samples_dpm_solver_pp_8.npz",
+  assert f"jaxdiff: 8 samples from step {step} (ddpm, 8 steps)" in out
+  with np.load(preempted["workdir"] / "samples_ddpm_8.npz",
                allow_pickle=False) as z:
     assert z["images"].shape == (8, 28, 28, 1)
     assert z["images"].dtype == np.uint8

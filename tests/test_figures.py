@@ -203,10 +203,10 @@ def test_trajectory_every_frame_count():
 
 def test_reverse_trajectory_shape_and_times(config, run):
   traj, ts = run["trajectory"]
-  # 8 quadratic steps from t = 1 to 1e-3, then t = 0: 7 transitions saved
+  # 8 uniform steps from t = 1 to 1e-3, then t = 0: 7 transitions saved
   # one by one, plus the start and the denoised end.
   assert traj.shape == (9, 16, 28, 28, 1)
-  expected = np.linspace(1.0, math.sqrt(1e-3), 8)**2
+  expected = np.linspace(1.0, 1e-3, 8)
   np.testing.assert_allclose(ts, np.concatenate([expected, [0.0]]),
                              rtol=1e-5, atol=1e-6)
   # The first frame is the prior draw (unit variance), not an image.

@@ -192,6 +192,49 @@ def test_measure_noise_statistics_clipping_and_batch_independence():
   np.testing.assert_array_equal(part, y[2:4])
 
 
+def test_impute_restores_the_unclipped_noise_at_the_bound():
+  """For x at the bound, y = clip(x + 0.3 n) is clipped half the time; the
+  imputed y has the distribution of x + 0.3 n again (mean -1, std 0.3)."""
+  op = inverse.make_operator("denoise", (28, 28, 1))
+  problem = inverse.InverseProblem(op, sigma=0.3)
+  x = jnp.full((64, 28, 28, 1), -1.0)
+  y = problem.measure(jax.random.key(0), x)
+  y_imp = np.asarray(problem.impute(jax.random.key(1), y))
+  y = np.asarray(y)
+  inside = np.abs(y) < 1
+  np.testing.assert_array_equal(y_imp[inside], y[inside])
+  assert np.all(y_imp[y <= -1] < -1)
+  assert 0.45 < np.mean(y <= -1) < 0.55
+  assert abs(y_imp.mean() + 1) < 0.005 and abs(y_imp.std() - 0.3) < 0.005
+  # Upper bound too; the Gaussian model (clipping ignored) keeps y.
+  y_hi = problem.measure(jax.random.key(2), -x)
+  assert np.all(np.asarray(problem.impute(jax.random.key(1), y_hi))[
+      np.asarray(y_hi) >= 1] > 1)
+  plain = inverse.InverseProblem(op, sigma=0.3, noise_model="gaussian")
+  np.testing.assert_array_equal(plain.impute(jax.random.key(1), y), y)
+
+
+def test_imputed_tweedie_averages_estimates_of_imputed_y(vp):
+  """Tweedie with the clipped model: the mean over K imputations of the
+  one-call estimate; K = 1 with the Gaussian model is one call on y."""
+  op = inverse.make_operator("denoise", SHAPE)
+  clipped = inverse.InverseProblem(op, sigma=SIG)
+  gauss = inverse.InverseProblem(op, sigma=SIG, noise_model="gaussian")
+  eps_fn = _gaussian_eps_fn(vp)
+  x = jnp.full((4, *SHAPE), -0.95)
+  y = clipped.measure(jax.random.key(5), x)
+  assert float(jnp.mean(y <= -1)) > 0.2
+  settings = inverse.MethodSettings(clip_output=False, impute_samples=3)
+  key = jax.random.key(7)
+  est = inverse.make_method("tweedie", vp, clipped, settings)(eps_fn, y, key)
+  plain = inverse.make_method("tweedie", vp, gauss, settings)
+  one = lambda yy: plain(eps_fn, yy, key)
+  expected = jnp.mean(jnp.stack([one(clipped.impute(k, y)) for k in
+                                 jax.random.split(key, 3)]), axis=0)
+  np.testing.assert_allclose(est, expected, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(est, one(y), atol=1e-3)
+
+
 def test_bad_noise_settings_say_what_to_do():
   op = inverse.make_operator("denoise", SHAPE)
   with pytest.raises(ValueError, match="must be > 0"):
