@@ -792,15 +792,18 @@ def denoise_comparison(config: ml_collections.ConfigDict, workdir: str, *,
     method_settings = dc.method_settings(
         config_lib.sampler_options(config, dc.sampler))
     for i, name in enumerate(dc.method_names):
-      if name == "tweedie":  # the column above
-        continue
+      # The protocol's tweedie (imputing clipped pixels under the clipped
+      # noise model) replaces the plain one-step column.
+      column = "Tweedie (1 step)" if name == "tweedie" else name
       method = inverse.make_method(name, process, problem, method_settings)
       run = jax.jit(lambda p, y, key, method=method: method(
           samplers.model_eps_fn(apply_fn, p), y, key))
-      columns[name] = run(restored.params, jnp.asarray(y),
-                          _key(config, 100 + i))
+      columns[column] = run(restored.params, jnp.asarray(y),
+                            _key(config, 100 + i))
   scores = {name: np.asarray(metrics_lib.psnr(v, x, data_range=2.0))
             for name, v in columns.items()}
+  ssims = {name: np.asarray(metrics_lib.ssim(v, x, max_val=2.0))
+           for name, v in columns.items()}
   columns["clean"] = x
   summary = ", ".join(f"{k} {v.mean():.2f}" for k, v in scores.items())
   print(f"jaxdiff: viz: denoising, sigma = {sigma}, {x.shape[0]} "
@@ -813,7 +816,7 @@ def denoise_comparison(config: ml_collections.ConfigDict, workdir: str, *,
   return viz.comparison_figure(
       os.path.join(figures_dir(workdir), "denoise_comparison.png"),
       {k: np.asarray(v) for k, v in columns.items()}, scores=scores,
-      max_rows=x.shape[0], title=title)
+      ssim=ssims, max_rows=x.shape[0], title=title)
 
 
 # ----------------------------------------------------------------------- mode

@@ -983,6 +983,7 @@ def denoise(config, workdir: str) -> Dict[str, Any]:
   viz.comparison_figure(
       os.path.join(out_dir, "comparison.png"), columns,
       scores={k: np.asarray(results[k]["psnr"][:nrow]) for k in outputs},
+      ssim={k: np.asarray(results[k]["ssim"][:nrow]) for k in outputs},
       max_rows=nrow,
       title=f"{dc.operator}, sigma={dc.sigma} ({dc.noise_model} likelihood)")
   np.savez_compressed(os.path.join(out_dir, "reconstructions.npz"),

@@ -590,7 +590,8 @@ def loss_curves(path: PathLike, records: Sequence[Mapping[str, Any]], *,
 def comparison_figure(
     path: PathLike, columns: Mapping[str, np.ndarray], *,
     scores: Optional[Mapping[str, np.ndarray]] = None, max_rows: int = 6,
-    title: Optional[str] = None) -> str:
+    title: Optional[str] = None,
+    ssim: Optional[Mapping[str, np.ndarray]] = None) -> str:
   """Side-by-side comparison: rows are images, columns are methods.
 
   Args:
@@ -601,6 +602,7 @@ def comparison_figure(
       each cell of that column.
     max_rows: Maximum number of rows (images) shown.
     title: Figure title.
+    ssim: Optional column name -> per-image SSIM [N], written after the PSNR.
 
   Returns:
     The path written.
@@ -613,6 +615,7 @@ def comparison_figure(
   if nrow < 1:
     raise ValueError("comparison_figure: no images.")
   scores = dict(scores or {})
+  ssim = dict(ssim or {})
   ncol = len(names)
   cell = 1.6
   fig = _new_figure((cell * ncol, (cell + 0.25) * nrow + 0.3 +
@@ -622,14 +625,19 @@ def comparison_figure(
     col_scores = scores.get(name)
     if col_scores is not None:
       col_scores = np.asarray(col_scores, np.float64).ravel()
+    col_ssim = ssim.get(name)
+    if col_ssim is not None:
+      col_ssim = np.asarray(col_ssim, np.float64).ravel()
     for i in range(nrow):
       ax = axes[i, j]
       _show(ax, batches[name][i])
       if i == 0:
         ax.set_title(name, fontsize=_FONT_SIZE + 1, fontweight="bold")
       if col_scores is not None and i < col_scores.size:
-        ax.set_xlabel(f"{col_scores[i]:.2f} dB", fontsize=_FONT_SIZE,
-                      labelpad=2)
+        label = f"{col_scores[i]:.2f} dB"
+        if col_ssim is not None and i < col_ssim.size:
+          label += f", {col_ssim[i]:.3f}"
+        ax.set_xlabel(label, fontsize=_FONT_SIZE, labelpad=2)
   if title:
     fig.suptitle(title, fontsize=_FONT_SIZE + 2)
   fig.tight_layout(h_pad=0.4, w_pad=0.3)

@@ -225,6 +225,12 @@ def test_comparison_figure(tmp_path):
     w, h = im.size
   # 3 columns, 3 rows of roughly square cells.
   assert 0.6 < w / h < 1.5
+  # With SSIM under the PSNR: same layout.
+  path = viz.comparison_figure(
+      tmp_path / "cmp_ssim.png", columns, scores=scores, max_rows=3,
+      ssim={"noisy": np.full(8, 0.54), "method A": np.full(8, 0.71)})
+  with Image.open(path) as im:
+    assert im.size == (w, h)
 
 
 def test_confusion_matrix_figure(tmp_path):
