@@ -584,8 +584,12 @@ def _dps_from(sde, problem, settings, *, matched: bool, zeta: float) -> Method:
       x_init = sde.alpha(t_max) * problem.operator.backproject(y_in)
     else:
       x_init = sde.prior_sample(init_key, (b, *problem.image_shape))
-    stepper = dps_stepper(settings.sampler, sde, eps_fn, problem, y,
-                          zeta=zeta, **options)
+    if zeta == 0.0:  # no guidance: the base sampler, without DPS's vjp
+      stepper = samplers.make_sampler(settings.sampler, sde, eps_fn,
+                                      **options)
+    else:
+      stepper = dps_stepper(settings.sampler, sde, eps_fn, problem, y,
+                            zeta=zeta, **options)
     return samplers.integrate(stepper, x_init, ts, key, sde=sde,
                               eps_fn=eps_fn)
 
