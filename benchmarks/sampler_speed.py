@@ -25,7 +25,6 @@ a table.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -59,16 +58,10 @@ REFERENCE = ("ddpm", 1000)  # sampler and steps of the consistency reference
 
 
 def load_config(spec: str):
-  """'path/to/config.py[:variant]' -> get_config(variant)."""
-  path, _, variant = spec.partition(":")
-  if not os.path.isabs(path) and not os.path.exists(path):
-    path = os.path.join(ROOT, path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"No config file {path}.")
-  spec_ = importlib.util.spec_from_file_location("_bench_config", path)
-  module = importlib.util.module_from_spec(spec_)
-  spec_.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
+  """'path/to/config.py[:variant]' -> get_config(variant), relative to the
+  repository if need be."""
+  from jaxdiff import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.load_config_file(spec, root=ROOT)
 
 
 def build(config):

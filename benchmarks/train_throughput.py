@@ -32,7 +32,6 @@ Writes --out (JSON) and prints a table.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -65,17 +64,9 @@ QUICK_OUT = "benchmarks/results/train_throughput_quick.json"
 
 
 def load_config(spec: str):
-  """'path/to/config.py[:variant]' -> the module's get_config(variant)."""
-  path, _, variant = spec.partition(":")
-  if not os.path.isabs(path) and not os.path.exists(path):
-    path = os.path.join(ROOT, path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"No config file {path}; pass --configs "
-                            "path/to/config.py[:variant],...")
-  module_spec = importlib.util.spec_from_file_location("_bench_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
+  """'path/to/config.py[:variant]' -> get_config(variant), relative to the
+  repository if need be."""
+  return config_lib.load_config_file(spec, root=ROOT)
 
 
 def quick_spec(spec: str) -> str:

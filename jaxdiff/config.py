@@ -58,3 +58,25 @@ def sampler_options(config: ml_collections.ConfigDict,
 
 def to_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
+
+
+def load_config_file(spec: str, root: Optional[str] = None
+                     ) -> ml_collections.ConfigDict:
+  """'path/to/config.py[:variant]' -> the file's get_config(variant).
+
+  A relative path that does not exist is looked up under `root` (if given).
+  """
+  # pylint: disable=g-import-not-at-top
+  import importlib.util
+  import os
+  # pylint: enable=g-import-not-at-top
+  path, _, variant = spec.partition(":")
+  if root and not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(root, path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No config file {path}.")
+  module_spec = importlib.util.spec_from_file_location("_jaxdiff_config",
+                                                       path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()

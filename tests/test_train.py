@@ -343,3 +343,15 @@ def test_organamnist_unet_has_6_6m_parameters():
                                 train.image_shape(config))
   n = sum(math.prod(p.shape) for p in jax.tree.leaves(shapes.params))
   assert 6.2e6 <= n <= 7.0e6, n
+
+
+def test_load_config_file_with_variant_and_root(tmp_path, monkeypatch):
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  monkeypatch.chdir(tmp_path)  # the relative path only exists under repo
+  c = config_lib.load_config_file("configs/organamnist.py:tiny",
+                                  root=str(repo))
+  assert c.training.num_train_steps == 4
+  full = config_lib.load_config_file(str(repo / "configs/organamnist.py"))
+  assert full.training.num_train_steps == 50_000
+  with pytest.raises(FileNotFoundError, match="No config file"):
+    config_lib.load_config_file("configs/organamnist.py")
