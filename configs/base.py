@@ -45,6 +45,9 @@ def get_config():
   c.training.steps_per_dispatch = 1  # train steps per jitted call (lax.scan)
   c.training.lr = 2e-4
   c.training.warmup_steps = 0
+  c.training.lr_decay = "none"     # or "cosine": see train.lr_schedule
+  c.training.lr_decay_start = 0    # step at which the cosine decay starts
+  c.training.lr_end_factor = 0.0   # final lr = lr * lr_end_factor
   c.training.weight_decay = 0.0
   c.training.grad_clip = 1.0       # global-norm clipping; 0 disables
   c.training.ema_decay = 0.999

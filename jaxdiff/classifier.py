@@ -434,7 +434,10 @@ def run_classifier(classify_fn: Callable, params, images: np.ndarray,
   t0 = time.perf_counter()
   batches = list(_batches(images, batch_size))
   for _, n, x in _progress(batches, desc, len(images), batch_size):
-    outs.append((n, compiled(params, jnp.asarray(x), pairs)))  # Async.
+    # Wait for each batch, so the progress bar shows finished work rather
+    # than dispatched work (dispatch runs far ahead of the computation).
+    outs.append((n, jax.block_until_ready(
+        compiled(params, jnp.asarray(x), pairs))))
   pred = np.concatenate([np.asarray(o.pred)[:n] for n, o in outs])
   errors = np.concatenate([np.asarray(o.errors)[:n] for n, o in outs])
   seconds = time.perf_counter() - t0
@@ -628,6 +631,9 @@ def classify_mode(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   # Time per image against the number of pairs n (no pruning).
   m = min(opts.timing_images, n)
   curve = []
+  if timing:
+    print(f"jaxdiff: timing the classifier on {m} images at "
+          f"{timing} pairs (no pruning)", flush=True)
   for count in timing:
     fn = make_classify_fn(apply_fn, process, k, num_pairs=count)
     r = run_classifier(fn, params, ds.images[:m], pairs.slice(0, count),
@@ -638,6 +644,8 @@ def classify_mode(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   report["timing"] = curve
 
   if opts.denoise_sigma > 0:
+    print(f"jaxdiff: one-step denoising of {n} images at sigma="
+          f"{opts.denoise_sigma:g}, with and without the label", flush=True)
     den = denoise_comparison(
         apply_fn, params, process, ds.images, labels,
         sigma_noise=opts.denoise_sigma, num_classes=k,

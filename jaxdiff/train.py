@@ -63,18 +63,52 @@ class TrainingError(RuntimeError):
 
 def make_optimizer(
     tc: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with linear warmup and optional global-norm clipping."""
-  if not (np.isfinite(tc.lr) and tc.lr > 0):
-    raise ValueError(f"config.training.lr must be a finite number > 0, got "
-                     f"{tc.lr}.")
-  lr = tc.lr
-  if tc.warmup_steps > 0:
-    lr = optax.linear_schedule(0.0, tc.lr, tc.warmup_steps)
+  """AdamW with the learning rate of `lr_schedule` and optional clipping."""
+  lr = lr_schedule(tc)
   parts = []
   if tc.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(tc.grad_clip))
   parts.append(optax.adamw(lr, weight_decay=tc.weight_decay))
   return optax.chain(*parts)
+
+
+def lr_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
+  """Learning rate against the optimizer's step count.
+
+  Linear warm-up from 0 over `warmup_steps`, then constant `lr`; with
+  `lr_decay="cosine"` a cosine decay from `lr` to `lr * lr_end_factor` over
+  the steps from `lr_decay_start` to `num_train_steps`. Because the step
+  count lives in the optimizer state, a run resumed with a larger
+  `num_train_steps` and `lr_decay_start` at its current step keeps its
+  constant phase and decays over the new steps only.
+  """
+  if not (np.isfinite(tc.lr) and tc.lr > 0):
+    raise ValueError(f"config.training.lr must be a finite number > 0, got "
+                     f"{tc.lr}.")
+  decay = tc.get("lr_decay", "none")
+  if decay not in ("none", "cosine"):
+    raise ValueError(f"config.training.lr_decay must be 'none' or 'cosine', "
+                     f"got {decay!r}.")
+  warmup = max(int(tc.warmup_steps), 0)
+  # join_schedules hands each piece the steps since its own boundary.
+  pieces, boundaries = [], []
+  if warmup:
+    pieces.append(optax.linear_schedule(0.0, float(tc.lr), warmup))
+    boundaries.append(warmup)
+  pieces.append(optax.constant_schedule(float(tc.lr)))
+  if decay == "cosine":
+    start = max(int(tc.get("lr_decay_start", 0)), warmup)
+    length = int(tc.num_train_steps) - start
+    if length <= 0:
+      raise ValueError(
+          f"config.training.lr_decay_start ({start}, after warm-up) must be "
+          f"below num_train_steps ({tc.num_train_steps}).")
+    pieces.append(optax.cosine_decay_schedule(
+        float(tc.lr), length, alpha=float(tc.get("lr_end_factor", 0.0))))
+    boundaries.append(start)
+  if len(pieces) == 1:
+    return pieces[0]
+  return optax.join_schedules(pieces, boundaries)
 
 
 def make_apply_fn(model: nn.Module) -> Callable:
@@ -445,6 +479,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   process = config_lib.build_process(config)  # Registers its own samplers.
   check_sampling(config)
   tx = make_optimizer(tc)
+  lr_at = lr_schedule(tc)
   main = distributed.is_main()
   os.makedirs(workdir, exist_ok=True)
   ds = load_train_data(config)
@@ -531,6 +566,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             now = time.time()
             timed = step - step_last
             record["step"] = step
+            record["lr"] = float(lr_at(step))
             if timed > 0:
               record["s_per_step"] = (now - t_last) / timed
               record["images_per_s"] = timed * tc.batch_size / max(

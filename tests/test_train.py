@@ -355,3 +355,26 @@ def test_load_config_file_with_variant_and_root(tmp_path, monkeypatch):
   assert full.training.num_train_steps == 50_000
   with pytest.raises(FileNotFoundError, match="No config file"):
     config_lib.load_config_file("configs/organamnist.py")
+
+
+def test_lr_schedule_warmup_constant_then_cosine():
+  import ml_collections
+  tc = ml_collections.ConfigDict(dict(
+      lr=1e-3, warmup_steps=10, num_train_steps=110, lr_decay="cosine",
+      lr_decay_start=50, lr_end_factor=0.1))
+  lr = train.lr_schedule(tc)
+  np.testing.assert_allclose(float(lr(0)), 0.0)
+  np.testing.assert_allclose(float(lr(5)), 5e-4, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(30)), 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(50)), 1e-3, rtol=1e-6)
+  # Half-way through the decay: lr * (alpha + (1 - alpha) / 2).
+  np.testing.assert_allclose(float(lr(80)), 1e-3 * 0.55, rtol=1e-5)
+  np.testing.assert_allclose(float(lr(110)), 1e-4, rtol=1e-5)
+  tc.lr_decay = "none"
+  np.testing.assert_allclose(float(train.lr_schedule(tc)(100)), 1e-3)
+  tc.lr_decay = "linear"
+  with pytest.raises(ValueError, match="lr_decay"):
+    train.lr_schedule(tc)
+  tc.lr_decay, tc.lr_decay_start = "cosine", 200
+  with pytest.raises(ValueError, match="lr_decay_start"):
+    train.lr_schedule(tc)
