@@ -70,7 +70,9 @@ def sample(config, workdir):
     per_class = max(1, num // len(classes))
     labels = np.repeat(np.asarray(classes), per_class)
     num = len(labels)
-    row_labels = [str(c) for c in classes]
+    names = data_lib.class_names(config.data.name)
+    row_labels = [names[c] if names and c < len(names) else str(c)
+                  for c in classes]
   images = train_lib.generate(config, sample_fn, params,
                               jax.random.key(config.seed + 1), num, labels)
   name = f"samples_{sc.method}_{sc.steps}"

@@ -711,3 +711,10 @@ def test_real_checksums(real_data_dir):
   assert set(result) == set(data.KNOWN_SHA256)
   if not os.environ.get("JAXDIFF_TEST_DATA_DIR"):  # The reference copies.
     assert all(ok in (True, None) for ok in result.values()), result
+
+
+def test_class_names_without_loading():
+  assert data.class_names("mnist") == tuple(str(i) for i in range(10))
+  assert data.class_names("fashion_mnist")[9] == "Ankle boot"
+  assert len(data.class_names("organamnist")) == 11
+  assert data.class_names("no_such_set") is None

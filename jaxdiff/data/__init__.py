@@ -7,6 +7,7 @@
 numpy, Pillow and the standard library only; no JAX.
 """
 from jaxdiff.data.datasets import CIFAR10_CLASSES
+from jaxdiff.data.datasets import class_names
 from jaxdiff.data.datasets import DATASETS
 from jaxdiff.data.datasets import Dataset
 from jaxdiff.data.datasets import default_data_dir
@@ -27,7 +28,7 @@ from jaxdiff.data.download import verify_checksum
 from jaxdiff.data.download import verify_data_dir
 
 __all__ = [
-    "CIFAR10_CLASSES", "DATASETS", "DataError", "DataNotFoundError", "Dataset",
+    "CIFAR10_CLASSES", "class_names", "DATASETS", "DataError", "DataNotFoundError", "Dataset",
     "FASHION_MNIST_CLASSES", "KNOWN_SHA256", "MEDMNIST_CLASSES",
     "MEDMNIST_FLAGS", "ORGANAMNIST_CLASSES", "default_data_dir",
     "download_file", "load", "read_idx", "read_medmnist_npz", "safe_extract",

@@ -99,6 +99,13 @@ MEDMNIST_CLASSES: Dict[str, Tuple[str, ...]] = {
 }
 MEDMNIST_FLAGS = tuple(MEDMNIST_CLASSES)
 
+
+def class_names(name: str) -> Optional[Tuple[str, ...]]:
+  """The class names of data set `name` without loading it (None: unknown)."""
+  known = {"mnist": MNIST_CLASSES, "fashion_mnist": FASHION_MNIST_CLASSES,
+           "cifar10": CIFAR10_CLASSES, **MEDMNIST_CLASSES}
+  return known.get(name)
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
 _IDX_IMAGES_MAGIC = 2051
