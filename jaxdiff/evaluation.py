@@ -433,6 +433,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       classifier_test_accuracy=clf.test_accuracy,
       classifier_path=clf.path)
   out = os.path.join(workdir, f"eval_{sc.method}_{sc.steps}.json")
+  # The first (up to) 64 scored samples, to look at beside the numbers.
+  from jaxdiff import viz  # pylint: disable=g-import-not-at-top
+  result["grid"] = viz.save_grid(
+      os.path.join(workdir, f"eval_{sc.method}_{sc.steps}.png"),
+      np.asarray(samples)[:64])
   with open(out, "w") as f:
     json.dump(result, f, indent=2)
   print(f"jaxdiff: eval {sc.method}/{sc.steps} at step {step}: "

@@ -175,5 +175,7 @@ def test_eval_mode_end_to_end(tmp_path, cache_dir, clf):
   # Two training steps make noise, far from real images at equal N.
   assert res["fd"] > res["floor"] > 0
   assert res["sample_seconds"] > 0
+  grid = os.path.join(workdir, f"eval_ddgm_{c.sampling.steps}.png")
+  assert res["grid"] == grid and os.path.getsize(grid) > 0
   assert res["classifier_path"] == os.path.join(cache_dir,
                                                 f"classifier_{DATASET}")
