@@ -11,8 +11,8 @@ classifier-free guidance, and the diffusion classifier (`--mode classify`).
     python launch.py --config configs/mnist_cond.py:tiny --workdir /tmp/t
     # Fashion-MNIST: --config.data.name=fashion_mnist
 
-Variants: '' (GPU-sized), 'cpu' (sized for about 25 minutes of training on
-two CPU cores) and 'tiny' (tests).
+Variants: '' (GPU-sized), 'cpu' (9,000 steps, about an hour of training on a
+2-core CPU) and 'tiny' (tests).
 """
 from configs import mnist_ddpm
 from jaxdiff import classifier
@@ -53,14 +53,22 @@ def get_config(variant: str = ""):
 
 
 def _cpu(c):
-  """A U-Net of ~0.3M parameters trained for ~25 minutes on two CPU cores."""
+  """A U-Net of ~0.3M parameters for a 2-core CPU.
+
+  6,000 steps at a constant lr (34 min 50 s on two cores), then 3,000 with a
+  cosine decay (about 36 min on one core): 98.3% diffusion-classifier
+  accuracy on the first 1,000 MNIST test images (docs/conditional/).
+  """
   c.model.kwargs = dict(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1,
                         attn_resolutions=(), num_heads=4, dropout=0.0)
   c.training.batch_size = 64
   c.training.lr = 1e-3
   c.training.warmup_steps = 200
   c.training.ema_decay = 0.999
-  c.training.num_train_steps = 6000
+  c.training.num_train_steps = 9000
+  c.training.lr_decay = "cosine"
+  c.training.lr_decay_start = 6000
+  c.training.lr_end_factor = 0.02
   # One step per call: XLA:CPU runs a training step inside a multi-step
   # lax.scan about 20 times slower than on its own (measured).
   c.training.steps_per_dispatch = 1
