@@ -12,6 +12,12 @@ from jaxdiff import figures
 def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # CPU only: split the host into this many JAX devices, so that the
+  # data-parallel train step and the sampling grids use every core.
+  # -1: one per usable core (at most 8, a divisor of the batch); 0: JAX's
+  # default, one device. An explicit XLA_FLAGS device count wins. See
+  # benchmarks/README.md for what it buys.
+  c.cpu_devices = -1
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "mnist"

@@ -163,6 +163,8 @@ def parse_flags(argv):
 def main(config, workdir, mode):
   """Runs a mode; user errors become one line on stderr and exit code 2."""
   try:
+    distributed.set_cpu_devices(config.get("cpu_devices", 0),
+                                config.training.batch_size)
     distributed.initialize()
     load_modes()
     if mode not in MODES:

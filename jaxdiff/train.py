@@ -525,7 +525,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                      length=n)
       return train_fns[n]
 
-    sample_fn = make_sample_fn(config, model, process)
+    sample_fn = make_sample_fn(config, model, process, mesh=mesh)
     sample_key = run_keys(config.seed)[2]
     step = int(state.step)
     log = _Log(workdir, tc.num_train_steps, step)
@@ -648,8 +648,14 @@ def _write_loss_curve(workdir):
 # ------------------------------------------------------------------ sampling
 
 
-def make_sample_fn(config, model, process, *, method=None, steps=None):
-  """jitted (params, key, labels) -> images [B, H, W, C] in [-1, 1]."""
+def make_sample_fn(config, model, process, *, method=None, steps=None,
+                   mesh=None):
+  """jitted (params, key, labels) -> images [B, H, W, C] in [-1, 1].
+
+  With a `mesh` whose size divides the sampling batch, the batch is split
+  over its devices (params replicated), instead of every device computing
+  all of it.
+  """
   sc = config.sampling
   method = method or sc.method
   steps = steps or sc.steps
@@ -662,7 +668,11 @@ def make_sample_fn(config, model, process, *, method=None, steps=None):
   shape = (sc.batch_size, *image_shape(config))
   options = config_lib.sampler_options(config, method)
 
-  @jax.jit
+  jit_kwargs = {}
+  if mesh is not None and mesh.size > 1 and sc.batch_size % mesh.size == 0:
+    jit_kwargs = dict(out_shardings=NamedSharding(mesh, P("data")))
+
+  @functools.partial(jax.jit, **jit_kwargs)
   def sample_fn(params, key, labels=None):
     eps_fn = samplers.model_eps_fn(
         apply_fn, params, labels=labels if conditional else None,

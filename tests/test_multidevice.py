@@ -186,3 +186,78 @@ def test_two_processes_train_like_one_device(eight, tmp_path):
     for k in want:
       np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6,
                                  err_msg=k)
+
+
+# config.cpu_devices: one JAX device per core on a CPU host.
+_CPU_DEVICES = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    import jax
+    from jaxdiff import distributed
+    facts = dict(requested=distributed.set_cpu_devices({n}))
+    facts["devices"] = jax.device_count()
+    facts["late"] = distributed.set_cpu_devices(3)  # Backend already up.
+    try:
+      distributed.set_cpu_devices(-2)
+      facts["error"] = None
+    except ValueError as e:
+      facts["error"] = str(e)
+    print(json.dumps(facts))
+""")
+
+
+@pytest.mark.parametrize("n,xla_flags,want", [
+    (2, None, dict(requested=2, devices=2)),
+    (0, None, dict(requested=0, devices=1)),
+    # An explicit XLA flag wins over the config.
+    (2, "--xla_force_host_platform_device_count=3",
+     dict(requested=0, devices=3)),
+])
+def test_set_cpu_devices(n, xla_flags, want):
+  extra = {"XLA_FLAGS": xla_flags} if xla_flags else {}
+  proc = subprocess.run(
+      [sys.executable, "-c", _CPU_DEVICES.format(repo=str(REPO), n=n)],
+      cwd=REPO, env=_env(**extra), capture_output=True, text=True,
+      timeout=TIMEOUT, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  facts = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert {k: facts[k] for k in want} == want
+  assert facts["late"] == 0  # Too late: a warning, not a crash.
+  if xla_flags is None:
+    assert facts["error"].startswith("config.cpu_devices=-2: use a count")
+
+
+def test_usable_cores_follows_affinity():
+  from jaxdiff import distributed  # pylint: disable=import-outside-toplevel
+  n = distributed.usable_cores()
+  assert 1 <= n <= (os.cpu_count() or 1)
+  if hasattr(os, "sched_getaffinity"):
+    assert n == len(os.sched_getaffinity(0))
+
+
+def test_launch_trains_on_cpu_devices(tmp_path):
+  """`--config.cpu_devices=2` gives the train loop a 2-device mesh."""
+  proc = subprocess.run(
+      [sys.executable, "launch.py", "--config", "configs/mnist_ddpm.py:tiny",
+       "--workdir", str(tmp_path), "--config.cpu_devices=2",
+       "--config.data.name=organamnist_small",
+       "--config.training.num_train_steps=2",
+       "--config.training.sample_every=0"],
+      cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "2 device(s) (cpu) on 1 process(es)" in proc.stdout
+
+
+@pytest.mark.parametrize("cores,batch,want", [(2, 128, 2), (6, 128, 4),
+                                             (8, 12, 6), (3, 0, 3), (16, 128, 8),
+                                             (4, 7, 1)])
+def test_auto_cpu_devices_divide_the_batch(monkeypatch, cores, batch, want):
+  from jaxdiff import distributed  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  calls = []
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setattr(distributed, "usable_cores", lambda: cores)
+  monkeypatch.setattr(jax.config, "update", lambda k, v: calls.append((k, v)))
+  assert distributed.set_cpu_devices(-1, batch) == want
+  assert calls == [("jax_num_cpu_devices", want)]
