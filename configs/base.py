@@ -34,6 +34,8 @@ def get_config():
   c.model.kwargs = ml_collections.ConfigDict(dict(
       ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(14,),
       num_heads=8, dropout=0.1))
+  c.model.dtype = "float32"   # compute dtype; "bfloat16" keeps fp32 params
+  c.model.remat = False       # unet: recompute residual blocks (less memory)
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.noise = "gaussian"   # or "gamma" (DDGM)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Optional
 
+import jax.numpy as jnp
 import ml_collections
 
 from jaxdiff import models as models_lib
@@ -19,6 +20,9 @@ _SAMPLER_OPTIONS = {"ddim": ("eta", "clip_denoised"),
                     "dpm_solver_pp": ("clip_denoised",), "pc": ("snr",)}
 
 
+_COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def build_model(config: ml_collections.ConfigDict):
   """The network named by config.model.name with config.model.kwargs."""
   kwargs = dict(config.model.kwargs)
@@ -27,6 +31,18 @@ def build_model(config: ml_collections.ConfigDict):
       kwargs[k] = tuple(v)
   if config.training.conditional:
     kwargs["num_classes"] = config.data.num_classes
+  dtype = config.model.get("dtype", "float32")
+  if dtype not in _COMPUTE_DTYPES:
+    raise ValueError(f"Unknown config.model.dtype {dtype!r}; use one of "
+                     f"{', '.join(_COMPUTE_DTYPES)}.")
+  if dtype != "float32":  # Parameters and optimiser state stay float32.
+    kwargs["dtype"] = _COMPUTE_DTYPES[dtype]
+  if config.model.get("remat", False):
+    if config.model.name != "unet":
+      raise ValueError(f"config.model.remat=True needs the unet; "
+                       f"{config.model.name!r} has no residual blocks to "
+                       "recompute. Set it to False.")
+    kwargs["remat"] = True
   return models_lib.make_model(config.model.name, **kwargs)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import pytest
 from PIL import Image
+from flax.linen import dot_product_attention as nn_dot_product_attention
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -378,3 +379,69 @@ def test_lr_schedule_warmup_constant_then_cosine():
   tc.lr_decay, tc.lr_decay_start = "cosine", 200
   with pytest.raises(ValueError, match="lr_decay_start"):
     train.lr_schedule(tc)
+
+
+@pytest.mark.parametrize("name", ["mnist_ddpm", "organamnist"])
+def test_bfloat16_compute_keeps_float32_params(name):
+  config = importlib.import_module(f"configs.{name}").get_config("tiny")
+  config.model.dtype = "bfloat16"
+  model = config_lib.build_model(config)
+  assert model.dtype == jnp.bfloat16
+  x = jnp.ones((2, 28, 28, 1))
+  t = jnp.full((2,), 0.5)
+  params = model.init(jax.random.PRNGKey(0), x, t)
+  assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+  out = model.apply(params, x, t)
+  assert out.dtype == jnp.float32 and out.shape == x.shape
+  # The same weights in float32 give nearly the same output.
+  config.model.dtype = "float32"
+  ref = config_lib.build_model(config).apply(params, x, t)
+  err = float(jnp.max(jnp.abs(out - ref)) / (jnp.max(jnp.abs(ref)) + 1e-6))
+  assert err < 0.1, err
+
+
+def test_unknown_model_dtype_is_a_clear_error():
+  config = importlib.import_module("configs.mnist_ddpm").get_config("tiny")
+  config.model.dtype = "float16"
+  with pytest.raises(ValueError, match="Unknown config.model.dtype 'float16'"):
+    config_lib.build_model(config)
+
+
+def test_remat_unet_has_the_same_params_and_gradients():
+  config = organamnist.get_config("tiny")
+  plain = config_lib.build_model(config)
+  config.model.remat = True
+  remat = config_lib.build_model(config)
+  assert remat.remat and not plain.remat
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 28, 28, 1))
+  t = jnp.array([0.3, 0.7])
+  params = plain.init(jax.random.PRNGKey(0), x, t)
+  assert (jax.tree.structure(remat.init(jax.random.PRNGKey(0), x, t))
+          == jax.tree.structure(params))
+  rngs = {"dropout": jax.random.PRNGKey(2)}
+
+  def grads(model):
+    return jax.grad(lambda p: jnp.sum(model.apply(
+        p, x, t, train=True, rngs=rngs) ** 2))(params)
+  for a, b in zip(jax.tree.leaves(grads(plain)), jax.tree.leaves(grads(remat))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_remat_on_the_cnn_is_a_clear_error():
+  config = importlib.import_module("configs.mnist_ddpm").get_config("tiny")
+  config.model.remat = True
+  with pytest.raises(ValueError, match="needs the unet"):
+    config_lib.build_model(config)
+
+
+def test_unet_attention_equals_flax_dot_product_attention():
+  from jaxdiff.models import unet  # pylint: disable=import-outside-toplevel
+  q, k, v = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 49, 4, 8))
+  want = nn_dot_product_attention(q, k, v)
+  got = unet.attention(q, k, v, dtype=jnp.float32, dropout_rate=0.0,
+                       deterministic=True)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  grad = lambda f: jax.grad(lambda q: jnp.sum(jnp.sin(f(q, k, v))))(q)
+  np.testing.assert_allclose(grad(unet.attention),
+                             grad(nn_dot_product_attention),
+                             rtol=1e-4, atol=1e-6)
