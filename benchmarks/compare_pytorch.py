@@ -21,14 +21,18 @@ every Flax parameter must be used exactly once), and times on the CPU:
 
 After warm-up (and the JAX compilation, reported apart), the JAX and PyTorch
 calls are ALTERNATED within one run (their order flips every repeat), so
-that a change of machine load hits both; the figures are medians of
-`--repeats` calls, JAX blocked with `block_until_ready`. The ratio is
-torch / jax: above 1, JAX is faster.
+that a change of machine load hits both: each turn runs `--block`
+consecutive calls of one framework, and the figures are medians of all calls
+but the first of each turn (in one process, a framework's first call after
+the other's ran slower; those calls are kept in the JSON as `*_first_walls`).
+JAX is blocked with `block_until_ready`. The ratio is torch / jax: above 1,
+JAX is faster. `--cpu_devices 2` runs JAX's step data-parallel over two CPU
+devices, as jaxdiff trains by default (`config.cpu_devices`).
 
     pip install -e '.[torch]'                           # torch==2.13.0, CPU
     python benchmarks/compare_pytorch.py --quick        # tiny variants, smoke
-    python benchmarks/compare_pytorch.py                # cnn (128), unet (64)
-    python benchmarks/compare_pytorch.py --models unet_cpu --bf16
+    python benchmarks/compare_pytorch.py --cpu_devices 2  # cnn (128), unet (64)
+    python benchmarks/compare_pytorch.py --cpu_devices 2 --bf16
 
 Precision: fp32 by default. `--bf16` runs PyTorch under
 `torch.autocast("cpu", torch.bfloat16)` and JAX with the Flax model's
@@ -59,6 +63,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+# PyTorch's OpenMP threads spin-wait after each parallel region by default,
+# taking the cores from the JAX call that runs next in this process: measured
+# here, the JAX CNN train step took 0.69 s after PyTorch calls with the
+# default policy and 0.44 s with PASSIVE, PyTorch's own time unchanged.
+# Passive waiting (set before torch loads OpenMP) times each alone.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # pylint: disable=g-import-not-at-top,wrong-import-position
 try:
   import torch
@@ -72,8 +83,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxdiff import config as config_lib
+from jaxdiff import distributed
 from jaxdiff import samplers as samplers_lib
 from jaxdiff import schedules as schedules_lib
 from jaxdiff import sde as sde_lib
@@ -606,8 +620,14 @@ def time_call(fn: Callable[[], Any]) -> Tuple[float, float]:
 
 
 def alternate(jax_fn: Callable[[], Any], torch_fn: Callable[[], Any], *,
-              warmup: int, repeats: int) -> Dict[str, Any]:
+              warmup: int, repeats: int, block: int = 1) -> Dict[str, Any]:
   """Times jax_fn and torch_fn alternately (order flipped every repeat).
+
+  Each repeat runs `block` consecutive calls of one, then of the other. With
+  block > 1 the first call after a switch is recorded apart (`first_walls`)
+  and the medians use the others: in one process, the first JAX call after a
+  PyTorch call ran up to 2x slower than JAX calls back to back (measured on
+  the U-Net train step), which a training loop never sees.
 
   jax_fn must block until its result is ready.
   """
@@ -615,15 +635,19 @@ def alternate(jax_fn: Callable[[], Any], torch_fn: Callable[[], Any], *,
     jax_fn()
     torch_fn()
   times = {"jax": [], "torch": []}
+  firsts = {"jax": [], "torch": []}
   for r in range(repeats):
     order = (("jax", jax_fn), ("torch", torch_fn))
     for name, fn in (order if r % 2 == 0 else order[::-1]):
-      times[name].append(time_call(fn))
+      for b in range(block):
+        (firsts[name] if b == 0 and block > 1 else times[name]).append(
+            time_call(fn))
   out = {}
   for name, pairs in times.items():
     walls, cpus = [w for w, _ in pairs], [c for _, c in pairs]
     out[name] = dict(wall=statistics.median(walls), cpu=statistics.median(cpus),
-                     walls=walls, cpus=cpus)
+                     walls=walls, cpus=cpus,
+                     first_walls=[w for w, _ in firsts[name]])
   return out
 
 
@@ -674,8 +698,17 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
   step_fn = functools.partial(train_lib.train_step, apply_fn=apply_fn, tx=tx,
                               process=process, ema_decay=tc.ema_decay,
                               loss_kwargs=loss_kwargs)
+  # Data-parallel over every JAX device (several with --cpu_devices): the
+  # batch is split, the state replicated, as in jaxdiff's training loop.
+  mesh = train_lib.make_mesh()
+  rep = NamedSharding(mesh, P())
+  split = NamedSharding(mesh, P("data"))
+  train_lib.check_batch(batch, mesh.size, batch)
+  state = jax.device_put(state, rep)
+  x0_jax = jax.device_put(x0_jax, split)
   train_jit = jax.jit(lambda st, x, k: step_fn(st, x, None, k),
-                      donate_argnums=(0,))
+                      in_shardings=(rep, split, rep),
+                      out_shardings=(rep, rep), donate_argnums=(0,))
   t0 = time.perf_counter()
   train_compiled = train_jit.lower(state, x0_jax, train_key).compile()
   train_compile_s = time.perf_counter() - t0
@@ -689,7 +722,8 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
   trainer = TorchTrainer(torch_model, torch_process, tc, seed=args.seed,
                          bf16=args.bf16)
   train_t = alternate(jax_train, lambda: trainer.step(x0_torch),
-                      warmup=args.warmup, repeats=args.repeats)
+                      warmup=args.warmup, repeats=args.repeats,
+      block=args.block)
 
   # (b) one DDPM reverse step, from t = 0.5 to 0.5 - 1/T.
   t, s = 0.5, 0.5 - 1.0 / (process.num_steps or 1000)
@@ -703,7 +737,9 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
   params = holder["state"].params
   t_j, s_j = jnp.float32(t), jnp.float32(s)
   t0 = time.perf_counter()
-  sample_compiled = jax.jit(reverse_step).lower(
+  sample_compiled = jax.jit(
+      reverse_step, in_shardings=(rep, split, rep, rep, rep),
+      out_shardings=split).lower(
       params, x0_jax, t_j, s_j, sample_key).compile()
   sample_compile_s = time.perf_counter() - t0
   generator = torch.Generator().manual_seed(args.seed)
@@ -712,7 +748,8 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
           sample_compiled(params, x0_jax, t_j, s_j, sample_key)),
       lambda: torch_ddpm_step(torch_model, torch_process, x0_torch, t, s,
                               generator, args.bf16),
-      warmup=args.warmup, repeats=args.repeats)
+      warmup=args.warmup, repeats=args.repeats,
+      block=args.block)
 
   rows = []
   for task, timing, compile_s in (("train", train_t, train_compile_s),
@@ -722,11 +759,12 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
         model=name, config=spec, network=config.model.name,
         num_params=n_jax, num_params_torch=n_torch, batch=batch,
         image_shape=list(shape), task=task,
-        precision="bf16" if args.bf16 else "fp32",
+        precision="bf16" if args.bf16 else "fp32", jax_devices=mesh.size,
         jax_s=j["wall"], torch_s=p["wall"], jax_cpu_s=j["cpu"],
         torch_cpu_s=p["cpu"], ratio=p["wall"] / j["wall"],
         ratio_cpu=p["cpu"] / j["cpu"], jax_walls=j["walls"],
         torch_walls=p["walls"], jax_cpus=j["cpus"], torch_cpus=p["cpus"],
+        jax_first_walls=j["first_walls"], torch_first_walls=p["first_walls"],
         jax_compile_s=compile_s))
     print(f"  {task:>6}: jax {j['wall']:.4f} s, torch {p['wall']:.4f} s, "
           f"torch/jax {p['wall'] / j['wall']:.2f} (cpu "
@@ -741,8 +779,9 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
 def print_table(result: Dict[str, Any]) -> None:
   print(f"\nCPU ({result['cpu_count']} cores), jax {result['jax']}, torch "
         f"{result['torch']} ({result['torch_threads']} threads), "
-        f"{result['precision']}; median of {result['repeats']} alternated "
-        f"calls; load average {result['loadavg_start']} at start, "
+        f"{result['precision']}, {result['jax_devices']} JAX device(s); "
+        f"{result['repeats']} alternated turns of {result['block']} calls "
+        f"(median; without each turn's first call when > 1); load average {result['loadavg_start']} at start, "
         f"{result['loadavg_end']} at end")
   head = (f"{'model':<10} {'task':<6} {'params':>8} {'batch':>5} "
           f"{'jax s/step':>10} {'torch s/step':>12} {'torch/jax':>9} "
@@ -772,6 +811,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed calls of each (median; default 5, 2 with "
                       "--quick)")
+  parser.add_argument("--block", type=int, default=None,
+                      help="consecutive calls of one framework per turn; the "
+                      "first after a switch is not in the median (default 3, "
+                      "1 with --quick)")
   parser.add_argument("--warmup", type=int, default=1,
                       help="untimed calls of each after compilation")
   parser.add_argument("--bf16", action="store_true",
@@ -779,6 +822,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                       "model's dtype=bfloat16 for JAX")
   parser.add_argument("--torch_threads", type=int, default=2,
                       help="torch.set_num_threads (default 2)")
+  parser.add_argument("--cpu_devices", type=int, default=1,
+                      help="JAX CPU devices for a data-parallel step (the "
+                      "config key cpu_devices; -1: one per usable core; "
+                      "default 1)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=None,
                       help=f"JSON output (default {DEFAULT_OUT}, with --bf16 "
@@ -796,12 +843,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       parser.error(f"Unknown model {n!r}; use {', '.join(MODELS)}.")
   if args.repeats is None:
     args.repeats = 2 if args.quick else 5
-  if args.repeats < 1 or args.warmup < 0 or args.batch < 0:
-    parser.error("--repeats must be >= 1, --warmup and --batch >= 0.")
+  if args.block is None:
+    args.block = 1 if args.quick else 3
+  if args.repeats < 1 or args.block < 1 or args.warmup < 0 or args.batch < 0:
+    parser.error("--repeats and --block must be >= 1, --warmup and --batch "
+                 ">= 0.")
   out = args.out
   if out is None and not args.quick:
     out = DEFAULT_OUT_BF16 if args.bf16 else DEFAULT_OUT
 
+  if args.cpu_devices != 1:
+    distributed.set_cpu_devices(args.cpu_devices)
   torch.set_num_threads(args.torch_threads)
   torch.manual_seed(args.seed)
   loadavg_start = [round(v, 2) for v in os.getloadavg()]
@@ -810,9 +862,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     rows = [r for n in names for r in bench_model(n, args)]
   result = dict(
       platform="cpu", host=platform.node(), cpu_count=os.cpu_count(),
+      jax_devices=jax.device_count(),
+      omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
       jax=jax.__version__, torch=torch.__version__,
       torch_threads=torch.get_num_threads(),
       precision="bf16" if args.bf16 else "fp32", repeats=args.repeats,
+      block=args.block,
       warmup=args.warmup, quick=args.quick, loadavg_start=loadavg_start,
       loadavg_end=[round(v, 2) for v in os.getloadavg()],
       total_s=time.perf_counter() - t_start, rows=rows)

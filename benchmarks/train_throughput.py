@@ -52,6 +52,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxdiff import config as config_lib
+from jaxdiff import distributed
 from jaxdiff import train as train_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -205,6 +206,8 @@ def bench_config(spec: str, args: argparse.Namespace) -> Dict[str, Any]:
     compile_s = time.perf_counter() - t0
     compile_cpu_s = time.process_time() - c0
     call_flops = xla_flops(compiled)
+    if call_flops is not None:  # A partitioned program counts one device.
+      call_flops *= mesh.size
     if k == 1 and call_flops is not None:
       step_flops, step_flops_source = call_flops, "compiled k=1 program"
     holder = {"state": state}
@@ -315,10 +318,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--out", default=None,
                       help=f"JSON output (default {DEFAULT_OUT}; "
                       f"{QUICK_OUT} with --quick)")
+  parser.add_argument("--cpu_devices", type=int, default=0,
+                      help="split a CPU host into this many JAX devices for "
+                      "the data-parallel step (the config key cpu_devices; "
+                      "-1: one per usable core; 0: JAX's default)")
   parser.add_argument("--quick", action="store_true",
                       help="the configs' ':tiny' variants, 2 repeats, "
                       "steps_per_dispatch 1,2")
   args = parser.parse_args(argv)
+  distributed.set_cpu_devices(args.cpu_devices)
 
   specs = [s.strip() for s in (args.configs or DEFAULT_CONFIGS).split(",")
            if s.strip()]
