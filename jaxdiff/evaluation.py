@@ -399,7 +399,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   data_dir = config.data.data_dir or None
   model, params, step = restore_params(config, workdir, use_ema=sc.use_ema)
   process = config_lib.build_process(config)
-  sample_fn = _TimedSampleFn(train_lib.make_sample_fn(config, model, process))
+  mesh, params = train_lib.spread_for_sampling(config, params)
+  sample_fn = _TimedSampleFn(train_lib.make_sample_fn(config, model, process,
+                                                      mesh=mesh))
   labels = None
   if config.training.conditional:
     labels = np.arange(n) % config.data.num_classes

@@ -60,7 +60,8 @@ def sample(config, workdir):
   train_lib.check_sampling(config)
   model, params, step = restore_params(config, workdir,
                                        use_ema=config.sampling.use_ema)
-  sample_fn = train_lib.make_sample_fn(config, model, process)
+  mesh, params = train_lib.spread_for_sampling(config, params)
+  sample_fn = train_lib.make_sample_fn(config, model, process, mesh=mesh)
   sc = config.sampling
   labels, row_labels = None, None
   num = sc.num_samples
