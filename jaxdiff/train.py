@@ -525,7 +525,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                      length=n)
       return train_fns[n]
 
-    sample_fn = make_sample_fn(config, model, process, mesh=mesh)
+    # Split the grid's batch over this host's devices; a batch sharded over
+    # several processes could not be gathered into one picture.
+    sample_fn = make_sample_fn(config, model, process,
+                               mesh=mesh if jax.process_count() == 1 else None)
     sample_key = run_keys(config.seed)[2]
     step = int(state.step)
     log = _Log(workdir, tc.num_train_steps, step)
