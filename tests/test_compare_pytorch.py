@@ -214,3 +214,20 @@ def test_without_torch_prints_one_line_and_exits_2():
   assert proc.returncode == 2
   assert "PyTorch is not installed: pip install -e '.[torch]'" in proc.stderr
   assert proc.stdout == ""
+
+
+def test_alternate_runs_turns_and_leaves_out_each_first_call():
+  """The timing harness needs no PyTorch: load it without the fixture."""
+  spec = importlib.util.spec_from_file_location("compare_pytorch_t", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  calls = []
+  out = module.alternate(lambda: calls.append("j"), lambda: calls.append("t"),
+                         warmup=1, repeats=2, block=3)
+  # Warm-up pair, then turns of 3 with the order flipped every repeat.
+  assert "".join(calls) == "jt" + "jjjttt" + "tttjjj"
+  for name in ("jax", "torch"):
+    assert len(out[name]["walls"]) == 4  # 2 turns x (3 - the first)
+    assert len(out[name]["first_walls"]) == 2
+  single = module.alternate(lambda: None, lambda: None, warmup=0, repeats=3)
+  assert len(single["jax"]["walls"]) == 3 and single["jax"]["first_walls"] == []
