@@ -227,12 +227,16 @@ def test_set_cpu_devices(n, xla_flags, want):
     assert facts["error"].startswith("config.cpu_devices=-2: use a count")
 
 
-def test_usable_cores_follows_affinity():
+def test_usable_cores_follows_affinity(monkeypatch):
   from jaxdiff import distributed  # pylint: disable=import-outside-toplevel
-  n = distributed.usable_cores()
-  assert 1 <= n <= (os.cpu_count() or 1)
-  if hasattr(os, "sched_getaffinity"):
-    assert n == len(os.sched_getaffinity(0))
+  # Pinned (taskset -c 0,3,5): three cores, whatever the machine has.
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5},
+                      raising=False)
+  assert distributed.usable_cores() == 3
+  # Without affinity support (not Linux): the machine's core count.
+  monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+  monkeypatch.setattr(os, "cpu_count", lambda: 6)
+  assert distributed.usable_cores() == 6
 
 
 def test_launch_trains_on_cpu_devices(tmp_path):
