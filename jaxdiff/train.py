@@ -525,10 +525,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                      length=n)
       return train_fns[n]
 
-    # Split the grid's batch over this host's devices; a batch sharded over
-    # several processes could not be gathered into one picture.
-    sample_fn = make_sample_fn(config, model, process,
-                               mesh=mesh if jax.process_count() == 1 else None)
+    sample_fn = make_sample_fn(config, model, process, mesh=mesh)
     sample_key = run_keys(config.seed)[2]
     step = int(state.step)
     log = _Log(workdir, tc.num_train_steps, step)
@@ -657,7 +654,7 @@ def make_sample_fn(config, model, process, *, method=None, steps=None,
 
   With a `mesh` whose size divides the sampling batch, the batch is split
   over its devices (params replicated), instead of every device computing
-  all of it.
+  all of it. Not across processes: the images could not be gathered on one.
   """
   sc = config.sampling
   method = method or sc.method
@@ -672,7 +669,8 @@ def make_sample_fn(config, model, process, *, method=None, steps=None,
   options = config_lib.sampler_options(config, method)
 
   jit_kwargs = {}
-  if mesh is not None and mesh.size > 1 and sc.batch_size % mesh.size == 0:
+  if (mesh is not None and mesh.size > 1 and jax.process_count() == 1
+      and sc.batch_size % mesh.size == 0):
     jit_kwargs = dict(out_shardings=NamedSharding(mesh, P("data")))
 
   @functools.partial(jax.jit, **jit_kwargs)
