@@ -61,6 +61,7 @@ from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Sequence,
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from jaxdiff import metrics as metrics_lib
@@ -916,6 +917,8 @@ def denoise(config, workdir: str) -> Dict[str, Any]:
 
   model, params, step = run_lib.restore_params(config, workdir,
                                                use_ema=dc.use_ema)
+  # Each batch is split over the local devices (config.cpu_devices).
+  mesh, params = train_lib.spread_for_sampling(config, params, dc.batch_size)
   ds = data_lib.load(config.data.name, dc.data_split,
                      data_dir=config.data.data_dir or None,
                      limit=dc.num_images)
@@ -928,7 +931,8 @@ def denoise(config, workdir: str) -> Dict[str, Any]:
   out_dir = dc.out_dir or os.path.join(workdir, "denoise")
   print(f"jaxdiff: denoise: {n} {config.data.name} {dc.data_split} images, "
         f"operator {dc.operator}, sigma {dc.sigma}, noise model "
-        f"{dc.noise_model}, checkpoint step {step}.", flush=True)
+        f"{dc.noise_model}, checkpoint step {step}, batches split over "
+        f"{mesh.size if mesh is not None else 1} device(s).", flush=True)
 
   bs = dc.batch_size
   measure = jax.jit(functools.partial(problem.measure,
@@ -952,8 +956,12 @@ def denoise(config, workdir: str) -> Dict[str, Any]:
     def run_batch(p, y_b, key, method=method):
       return method(samplers.model_eps_fn(apply_fn, p), y_b, key)
 
+    jit_kwargs = {}
+    if mesh is not None and mbs % mesh.size == 0:
+      rows, same = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+      jit_kwargs = dict(in_shardings=(same, rows, same), out_shardings=rows)
     t0 = time.time()
-    compiled = jax.jit(run_batch).lower(
+    compiled = jax.jit(run_batch, **jit_kwargs).lower(
         params, jnp.asarray(_pad(y[:1], mbs)), base_key).compile()
     compile_s = time.time() - t0
     bar = _progress(m, name)

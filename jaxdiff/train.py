@@ -685,15 +685,17 @@ def make_sample_fn(config, model, process, *, method=None, steps=None,
   return sample_fn
 
 
-def spread_for_sampling(config, params):
+def spread_for_sampling(config, params, batch_size=None):
   """(mesh, params) for `make_sample_fn`: the batch split over local devices.
 
   With several devices on one process (e.g. `config.cpu_devices`) whose count
-  divides `config.sampling.batch_size`, the params are replicated on them and
-  the mesh is returned; otherwise (None, params) and one device samples.
+  divides `batch_size` (default `config.sampling.batch_size`), the params are
+  replicated on them and the mesh is returned; otherwise (None, params) and
+  one device samples.
   """
   n = jax.local_device_count()
-  if n < 2 or jax.process_count() > 1 or config.sampling.batch_size % n:
+  batch_size = batch_size or config.sampling.batch_size
+  if n < 2 or jax.process_count() > 1 or batch_size % n:
     return None, params
   mesh = make_mesh(jax.local_devices())
   return mesh, jax.device_put(params, NamedSharding(mesh, P()))
