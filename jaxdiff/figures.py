@@ -480,7 +480,8 @@ def dps_trajectory(config: ml_collections.ConfigDict, restored: Restored,
     init_key, key = jax.random.split(key)
     x_init = process.prior_sample(init_key, y.shape)
     stepper = inverse.dps_stepper(dc.sampler, process, eps_fn, problem, y,
-                                  zeta=dc.zeta, **options)
+                                  zeta=dc.zeta, weighting=dc.dps_weighting,
+                                  prior_var=dc.prior_var, **options)
     return samplers.integrate(stepper, x_init, ts, key, sde=process,
                               eps_fn=eps_fn, trajectory_every=every)
 
