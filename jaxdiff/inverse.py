@@ -433,8 +433,7 @@ def dps_stepper(sampler: str, sde: sde_lib.SDE, eps_fn: EpsFn,
     eps - zeta sigma_t g. For Gaussian data of variance v, the identity
     operator and unclipped y this is the exact conditional score, so with
     zeta = 1 the base sampler draws from p(x | y); the step size follows
-    the sampler's own schedule, so zeta needs no retuning with the number
-    of steps.
+    the sampler's own schedule.
 
   Args:
     sampler: a name in `jaxdiff.samplers.SAMPLERS`.

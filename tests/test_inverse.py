@@ -273,19 +273,24 @@ def test_tweedie_at_matched_time_is_the_exact_posterior_mean(vp,
     np.testing.assert_allclose(est, exact, atol=2e-5)
 
 
+def _check_posterior_draws(method, eps_fn, y, exact, *, mean_tol, var_tol):
+  """256 draws of `method` have the exact posterior's mean and variance
+  (standard error of each pixel's mean: about 0.012-0.016)."""
+  draws = jax.jit(lambda y_: jax.vmap(lambda k: method(eps_fn, y_, k))(
+      jax.random.split(jax.random.key(3), 256)))(y)  # [256, 4, 8, 8, 1]
+  post_var = S2 * SIG**2 / (S2 + SIG**2)
+  assert float(jnp.abs(draws.mean(0) - exact).mean()) < mean_tol
+  assert abs(float(draws.var(0).mean()) / post_var - 1) < var_tol
+
+
 def test_matched_sampling_draws_the_exact_posterior(vp, gaussian_case):
   """Sampling from alpha(t*) y at t* samples p(x | y): mean exact, variance
   close (DDPM's ancestral step is exact in the mean for Gaussian data)."""
   problem, _, y, exact = gaussian_case
   settings = inverse.MethodSettings(steps=50, clip_output=False)
   method = inverse.make_method("matched", vp, problem, settings)
-  eps_fn = _gaussian_eps_fn(vp)
-  draws = jax.jit(lambda y_: jax.vmap(lambda k: method(eps_fn, y_, k))(
-      jax.random.split(jax.random.key(3), 256)))(y)  # [256, 4, 8, 8, 1]
-  post_var = S2 * SIG**2 / (S2 + SIG**2)
-  # 256 draws: standard error of each pixel's mean 0.016.
-  assert float(jnp.abs(draws.mean(0) - exact).mean()) < 0.025
-  assert abs(float(draws.var(0).mean()) / post_var - 1) < 0.15
+  _check_posterior_draws(method, _gaussian_eps_fn(vp), y, exact,
+                         mean_tol=0.025, var_tol=0.15)
 
 
 def test_dps_posterior_mean_is_close_to_the_exact_one(vp, gaussian_case):
@@ -316,12 +321,8 @@ def test_likelihood_weighted_dps_samples_the_exact_posterior(
                                     dps_weighting="likelihood", prior_var=S2)
   method = inverse.make_method("dps", vp, problem, settings)
   eps_fn = _gaussian_eps_fn(vp)
-  draws = jax.jit(lambda y_: jax.vmap(lambda k: method(eps_fn, y_, k))(
-      jax.random.split(jax.random.key(3), 256)))(y)  # [256, 4, 8, 8, 1]
-  post_var = S2 * SIG**2 / (S2 + SIG**2)
-  # 256 draws: standard error of each pixel's mean 0.012.
-  assert float(jnp.abs(draws.mean(0) - exact).mean()) < 0.02
-  assert abs(float(draws.var(0).mean()) / post_var - 1) < var_tol
+  _check_posterior_draws(method, eps_fn, y, exact, mean_tol=0.02,
+                         var_tol=var_tol)
   # The paper's normalised step with the same zeta is far from it.
   normalised = inverse.make_method(
       "posterior_mean", vp, problem, inverse.MethodSettings(
