@@ -686,11 +686,10 @@ def _posterior_mean(sde, problem, settings) -> Method:
 
   def method(eps_fn, y, key):
     keys = jax.random.split(key, settings.num_posterior)
-    draw = lambda k: one(eps_fn, y, k)
-    if group >= settings.num_posterior:
-      draws = jax.vmap(draw)(keys)  # [K, B, H, W, C]
-    else:  # draw k still uses keys[k]: the same draws as the vmap
-      draws = jax.lax.map(draw, keys, batch_size=group)
+    # Groups of `group` draws, vmapped, one group after another; draw k
+    # uses keys[k] whatever the grouping.
+    draws = jax.lax.map(lambda k: one(eps_fn, y, k), keys,
+                        batch_size=group)  # [K, B, H, W, C]
     if settings.clip_output:  # each draw to the data range, then the mean
       draws = jnp.clip(draws, -1.0, 1.0)
     return jnp.mean(draws, axis=0)
@@ -1033,6 +1032,8 @@ def denoise(config, workdir: str) -> Dict[str, Any]:
                          "sampler_options": dict(settings.sampler_options)},
             "matched_time": _matched_time_or_none(process, dc.sigma),
             "psnr_data_range": DATA_RANGE, "ssim_max_val": DATA_RANGE}
+  # Rewritten after each method: an interrupted run keeps the finished ones.
+  json_path, _ = write_results(out_dir, results, header)
 
   for name, method in methods.items():
     m = counts[name]
@@ -1065,11 +1066,8 @@ def denoise(config, workdir: str) -> Dict[str, Any]:
     print(f"jaxdiff: {name}: {results[name]['psnr_mean']:.2f} dB, SSIM "
           f"{results[name]['ssim_mean']:.3f} on {m} images in {wall:.1f} s "
           f"(+{compile_s:.1f} s compile).", flush=True)
-    # Each finished method's numbers are on disk at once: an interrupted
-    # run keeps them.
     json_path, _ = write_results(out_dir, results, header)
 
-  json_path, _ = write_results(out_dir, results, header)
   nrow = min(dc.figure_rows, min(len(v) for v in outputs.values()))
   columns = {k: v[:nrow] for k, v in outputs.items()}
   columns["clean"] = x[:nrow]
