@@ -61,6 +61,9 @@ def get_config():
   c.training.ema_decay = 0.999
   c.training.lambda_freq = 0.0     # weight of the FFT L1 loss on x0_hat
   c.training.freq_weighting = "none"  # or "snr": see losses.diffusion_loss
+  c.training.time_sampling = "uniform"  # or "lognormal": see losses.sample_time
+  c.training.lognormal_mean = -1.2  # 'lognormal': log(sigma/alpha) ~ N(mean, std^2)
+  c.training.lognormal_std = 1.2
   c.training.conditional = False   # class-conditional network
   c.training.p_uncond = 0.1        # label dropout when conditional
   c.training.log_every = 50

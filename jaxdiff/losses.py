@@ -6,6 +6,11 @@
 where x0_hat = (x_t - sigma eps_hat) / alpha is the network's Tweedie estimate.
 The forward process (Gaussian SDE or the DDGM gamma chain) is any object with
 `sample_time(key, B)`, `perturb(key, x0, t) -> (x_t, eps)` and `eps_to_x0`.
+
+Training times come from the process (`time_sampling='uniform'`: uniform t)
+or from a log-normal law on the noise-to-signal ratio sigma/alpha
+(`'lognormal'`, Karras et al. 2022's noise-level distribution), mapped back
+to t through the schedule: `sample_time`.
 """
 from __future__ import annotations
 
@@ -21,10 +26,60 @@ def frequency_l1(x0_hat: jax.Array, x0: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(diff), axis=(1, 2, 3))
 
 
+def _time_of_log_ratio(process, log_ratio: jax.Array,
+                       grid_size: int = 2048) -> jax.Array:
+  """t with log(sigma(t) / alpha(t)) = log_ratio, by interpolation on a grid.
+
+  Clamped to the process's time range; rounded up to the chain's grid i/T
+  when the process is discrete (`num_steps` set).
+  """
+  t_min = float(getattr(process, "t_min", 0.0))
+  num_steps = getattr(process, "num_steps", None)
+  with jax.ensure_compile_time_eval():
+    grid = jnp.linspace(max(t_min, 1e-5), 1.0, grid_size)
+    ratio = jnp.log(process.sigma(grid)) - jnp.log(process.alpha(grid))
+  t = jnp.interp(log_ratio, ratio, grid)
+  if num_steps:
+    t = jnp.clip(jnp.ceil(t * num_steps), 1, num_steps) / num_steps
+  return t
+
+
+def sample_time(process, key: jax.Array, batch: int, *,
+                time_sampling: str = "uniform", lognormal_mean: float = -1.2,
+                lognormal_std: float = 1.2) -> jax.Array:
+  """Training times [B].
+
+  Args:
+    process: the forward process.
+    key: PRNG key.
+    batch: B.
+    time_sampling: 'uniform' (the process's own law: uniform t, or uniform
+      steps i/T for a discrete chain) or 'lognormal': log(sigma/alpha) ~
+      N(lognormal_mean, lognormal_std^2). The defaults (-1.2, 1.2) are
+      Karras et al.'s; they put the most weight near sigma/alpha = 0.3 and
+      twice uniform-t's density there under the cosine schedule (whose
+      log(sigma/alpha) has a hyperbolic-secant law, mean 0, std pi/2).
+    lognormal_mean: mean of log(sigma/alpha).
+    lognormal_std: its standard deviation.
+  """
+  if time_sampling == "uniform":
+    return process.sample_time(key, batch)
+  if time_sampling == "lognormal":
+    if lognormal_std <= 0:
+      raise ValueError(f"lognormal_std must be > 0, got {lognormal_std}.")
+    log_ratio = lognormal_mean + lognormal_std * jax.random.normal(
+        key, (batch,))
+    return _time_of_log_ratio(process, log_ratio)
+  raise ValueError(f"Unknown time_sampling {time_sampling!r}; use 'uniform' "
+                   "or 'lognormal'.")
+
+
 def diffusion_loss(apply_fn: Callable, params, process, x0: jax.Array,
                    key: jax.Array, *, labels: Optional[jax.Array] = None,
                    num_classes: Optional[int] = None, p_uncond: float = 0.0,
                    lambda_freq: float = 0.0, freq_weighting: str = "none",
+                   time_sampling: str = "uniform",
+                   lognormal_mean: float = -1.2, lognormal_std: float = 1.2,
                    train: bool = True):
   """Per-batch loss and metrics.
 
@@ -44,6 +99,8 @@ def diffusion_loss(apply_fn: Callable, params, process, x0: jax.Array,
       near t=1 for the cosine schedule, so the plain term is dominated by the
       noisiest times; 'snr' keeps it in x0 units where SNR >= 1 and in noise
       units elsewhere.
+    time_sampling, lognormal_mean, lognormal_std: the law of the training
+      times; see `sample_time`.
     train: dropout on.
 
   Returns:
@@ -51,7 +108,9 @@ def diffusion_loss(apply_fn: Callable, params, process, x0: jax.Array,
   """
   t_key, n_key, d_key, u_key = jax.random.split(key, 4)
   b = x0.shape[0]
-  t = process.sample_time(t_key, b)                       # [B]
+  t = sample_time(process, t_key, b, time_sampling=time_sampling,
+                  lognormal_mean=lognormal_mean,
+                  lognormal_std=lognormal_std)            # [B]
   x_t, eps = process.perturb(n_key, x0, t)                # [B, H, W, C]
   if labels is not None and p_uncond > 0:
     drop = jax.random.bernoulli(u_key, p_uncond, (b,))

@@ -268,6 +268,8 @@ def make_train_fn(config, apply_fn, tx, process, mesh, *,
   length = length or tc.steps_per_dispatch
   loss_kwargs = dict(
       lambda_freq=tc.lambda_freq, freq_weighting=tc.freq_weighting,
+      time_sampling=tc.time_sampling, lognormal_mean=tc.lognormal_mean,
+      lognormal_std=tc.lognormal_std,
       num_classes=config.data.num_classes if tc.conditional else None,
       p_uncond=tc.p_uncond if tc.conditional else 0.0)
   step_fn = functools.partial(train_step, apply_fn=apply_fn, tx=tx,

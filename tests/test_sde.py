@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdiff import losses
 from jaxdiff import schedules
 from jaxdiff import sde as sde_lib
 
@@ -201,6 +202,47 @@ def test_discrete_sample_time_on_grid():
   i = t * T
   np.testing.assert_allclose(i, np.round(i), atol=1e-3)
   assert i.min() >= 1 - 1e-3 and i.max() <= T + 1e-3
+
+
+def test_lognormal_time_inverts_ve_sigma_exactly():
+  # VE: log sigma(t) = log sigma_min + t log(sigma_max / sigma_min), alpha = 1,
+  # so the time of a log-ratio u is (u - log sigma_min) / log(max / min).
+  sde = _make("ve")
+  t = losses.sample_time(sde, jax.random.key(0), 512, time_sampling="lognormal",
+                         lognormal_mean=-1.2, lognormal_std=1.2)
+  key_u = jax.random.normal(jax.random.key(0), (512,)) * 1.2 - 1.2
+  lo, hi = math.log(sde.sigma_min), math.log(sde.sigma_max)
+  expected = np.clip((np.asarray(key_u) - lo) / (hi - lo), 0.0, 1.0)
+  np.testing.assert_allclose(np.asarray(t), expected, atol=2e-4)
+
+
+@pytest.mark.parametrize("spec", ["vp_cosine", "vp_linear", "subvp"])
+def test_lognormal_time_has_the_requested_log_ratio_law(spec):
+  sde = _make(spec)
+  t = losses.sample_time(sde, jax.random.key(1), 20_000,
+                         time_sampling="lognormal", lognormal_mean=-1.2,
+                         lognormal_std=1.2)
+  u = np.log(np.asarray(sde.sigma(t) / sde.alpha(t)))
+  # N(-1.2, 1.2^2) stays inside every schedule's range (clamping is rare).
+  assert abs(u.mean() + 1.2) < 0.03 and abs(u.std() - 1.2) < 0.03
+  assert 0.0 < float(t.min()) and float(t.max()) <= 1.0
+
+
+def test_lognormal_time_on_the_discrete_grid():
+  sde = _make("vp_discrete")
+  t = np.asarray(losses.sample_time(sde, jax.random.key(2), 4096,
+                                    time_sampling="lognormal"))
+  i = t * T
+  np.testing.assert_allclose(i, np.round(i), atol=1e-3)
+  assert i.min() >= 1 - 1e-3 and i.max() <= T + 1e-3
+  u = np.log(np.asarray(sde.sigma(t) / sde.alpha(t)))
+  assert abs(np.median(u) + 1.2) < 0.05
+
+
+def test_unknown_time_sampling_raises():
+  with pytest.raises(ValueError, match="time_sampling"):
+    losses.sample_time(_make("vp_cosine"), jax.random.key(0), 4,
+                       time_sampling="beta")
 
 
 # ------------------------------------------------------------ bad arguments
