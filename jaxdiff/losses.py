@@ -57,8 +57,9 @@ def sample_time(process, key: jax.Array, batch: int, *,
       steps i/T for a discrete chain) or 'lognormal': log(sigma/alpha) ~
       N(lognormal_mean, lognormal_std^2). The defaults (-1.2, 1.2) are
       Karras et al.'s; they put the most weight near sigma/alpha = 0.3 and
-      twice uniform-t's density there under the cosine schedule (whose
-      log(sigma/alpha) has a hyperbolic-secant law, mean 0, std pi/2).
+      1.9x uniform-t's density there under the cosine schedule (where
+      uniform t gives log(sigma/alpha) nearly a hyperbolic-secant law, mean
+      0, std 1.44) and 8x less mass above sigma/alpha = 3.3.
     lognormal_mean: mean of log(sigma/alpha).
     lognormal_std: its standard deviation.
   """
