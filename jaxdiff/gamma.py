@@ -330,6 +330,11 @@ def ddgm(sde, eps_fn, *, clip_denoised: bool = False) -> Stepper:
         "as the process.")
 
   def step(state, t, s, key):
+    if "noise_sign" in state:  # known at trace time
+      raise ValueError(
+          "Antithetic draws (noise_sign) need symmetric noise; the 'ddgm' "
+          "sampler's gamma noise is skewed, so -z is not a gamma draw. Use "
+          "independent draws (antithetic=False).")
     x = state["x"]
     eps = eps_fn(x, _full(t, x))
     a_t, s_t, a_s, s_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)

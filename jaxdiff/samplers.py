@@ -57,6 +57,18 @@ def _x_only(x):
   return {"x": x}
 
 
+def gaussian_noise(state: State, key: Array, x: Array) -> Array:
+  """A sampler's N(0, I) draw for x, times the state's `noise_sign`.
+
+  `integrate(..., noise_sign=-1.0)` negates every Gaussian draw of a run, so
+  two runs with the same key and opposite signs are an antithetic pair (both
+  exact draws of the sampler; for an affine chain their mean has no Monte
+  Carlo error). Samplers keep any state entry they do not own.
+  """
+  z = jax.random.normal(key, x.shape, x.dtype)
+  return z * state["noise_sign"] if "noise_sign" in state else z
+
+
 # ---------------------------------------------------------------- samplers
 
 
@@ -79,9 +91,9 @@ def ddim(sde: SDE, eps_fn: EpsFn, *, eta: float = 0.0,
     a_ts = a_t / a_s
     var_ts = s_t**2 - a_ts**2 * s_s**2          # q(x_t | x_s) variance
     c2 = eta**2 * var_ts * s_s**2 / s_t**2      # posterior variance * eta^2
-    z = jax.random.normal(key, x.shape, x.dtype)
+    z = gaussian_noise(state, key, x)
     x_s = a_s * x0 + jnp.sqrt(jnp.maximum(s_s**2 - c2, 0.0)) * eps
-    return {"x": x_s + jnp.sqrt(c2) * z}
+    return dict(state, x=x_s + jnp.sqrt(c2) * z)
 
   return Stepper(_x_only, step, 1)
 
@@ -100,8 +112,9 @@ def euler_maruyama(sde: SDE, eps_fn: EpsFn) -> Stepper:
     x = state["x"]
     score = sde.eps_to_score(eps_fn(x, _full(t, x)), t)
     drift = sde.f(t) * x - sde.g2(t) * score
-    z = jax.random.normal(key, x.shape, x.dtype)
-    return {"x": x + drift * (s - t) + jnp.sqrt(sde.g2(t) * (t - s)) * z}
+    z = gaussian_noise(state, key, x)
+    return dict(state,
+                x=x + drift * (s - t) + jnp.sqrt(sde.g2(t) * (t - s)) * z)
 
   return Stepper(_x_only, step, 1)
 
@@ -119,7 +132,7 @@ def predictor_corrector(sde: SDE, eps_fn: EpsFn, *, snr: float = 0.16,
     ratio = (sde.alpha(t) / sde.alpha(s))**2
     for i in range(corrector_steps):
       score = sde.eps_to_score(eps_fn(x, _full(s, x)), s)
-      z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+      z = gaussian_noise(state, jax.random.fold_in(key, i), x)
       axes = tuple(range(1, x.ndim))
       g_norm = jnp.sqrt(jnp.mean(jnp.sum(score**2, axes)))
       z_norm = jnp.sqrt(jnp.mean(jnp.sum(z**2, axes)))
@@ -128,7 +141,7 @@ def predictor_corrector(sde: SDE, eps_fn: EpsFn, *, snr: float = 0.16,
       size = jnp.where(g_norm > 0, 2 * ratio * (
           snr * z_norm / jnp.where(g_norm > 0, g_norm, 1.0))**2, 0.0)
       x = x + size * score + jnp.sqrt(2 * size) * z
-    return {"x": x}
+    return dict(state, x=x)
 
   return Stepper(_x_only, step, 1 + corrector_steps)
 
@@ -145,7 +158,7 @@ def euler_ode(sde: SDE, eps_fn: EpsFn) -> Stepper:
   def step(state, t, s, key):
     del key
     x = state["x"]
-    return {"x": x + _ode_drift(sde, eps_fn, x, t) * (s - t)}
+    return dict(state, x=x + _ode_drift(sde, eps_fn, x, t) * (s - t))
 
   return Stepper(_x_only, step, 1)
 
@@ -160,7 +173,7 @@ def heun_ode(sde: SDE, eps_fn: EpsFn) -> Stepper:
     d1 = _ode_drift(sde, eps_fn, x, t)
     x_euler = x + d1 * (s - t)
     d2 = _ode_drift(sde, eps_fn, x_euler, s)
-    return {"x": x + 0.5 * (d1 + d2) * (s - t)}
+    return dict(state, x=x + 0.5 * (d1 + d2) * (s - t))
 
   return Stepper(_x_only, step, 2)
 
@@ -192,8 +205,8 @@ def dpm_solver_pp_2m(sde: SDE, eps_fn: EpsFn, *,
     inv2r = jnp.where(state["first"], 0.0, 0.5 / jnp.where(state["first"], 1.0, r))
     d = (1 + inv2r) * x0 - inv2r * state["x0_prev"]
     x_s = (s_s / s_t) * x - a_s * jnp.expm1(-h) * d
-    return {"x": x_s, "x0_prev": x0, "h_prev": h,
-            "first": jnp.zeros((), bool)}
+    return dict(state, x=x_s, x0_prev=x0, h_prev=h,
+                first=jnp.zeros((), bool))
 
   return Stepper(init, step, 1)
 
@@ -296,7 +309,7 @@ def time_grid(sde: SDE, steps: int, *, kind: str = "uniform",
 
 def integrate(stepper: Stepper, x_init: Array, ts, key: Array, *,
               sde: Optional[SDE] = None, eps_fn: Optional[EpsFn] = None,
-              trajectory_every: int = 0):
+              trajectory_every: int = 0, noise_sign: Optional[Any] = None):
   """Runs a stepper over the grid ts with one `lax.scan`.
 
   Args:
@@ -307,6 +320,9 @@ def integrate(stepper: Stepper, x_init: Array, ts, key: Array, *,
     key: PRNG key; step i uses fold_in(key, i).
     trajectory_every: if k > 0, also return x after every k-th transition
       (and the initial x) as [N_saved, B, ...].
+    noise_sign: None, or a scalar (+1 / -1, may be traced) that multiplies
+      every Gaussian draw of the steps (`gaussian_noise`): the runs with
+      +1 and -1 and the same key form an antithetic pair.
 
   Returns:
     x [B, ...] at ts[-1], or (x, trajectory) when trajectory_every > 0.
@@ -325,6 +341,8 @@ def integrate(stepper: Stepper, x_init: Array, ts, key: Array, *,
     return stepper.step(state, t, s, jax.random.fold_in(key, i)), None
 
   state = stepper.init(x_init)
+  if noise_sign is not None:
+    state = dict(state, noise_sign=jnp.asarray(noise_sign, x_init.dtype))
   traj = [x_init]
   if trajectory_every > 0:
     k = trajectory_every

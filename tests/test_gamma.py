@@ -229,6 +229,15 @@ def test_ddgm_sampler_determinism(ddgm):
   assert not np.allclose(a, c)
 
 
+def test_ddgm_sampler_refuses_antithetic_draws(ddgm):
+  """-z of a skewed gamma draw is not a gamma draw: noise_sign is refused."""
+  stepper = samplers.make_sampler("ddgm", ddgm, lambda x, t: 0.1 * x)
+  ts = samplers.time_grid(ddgm, 5)
+  with pytest.raises(ValueError, match="gamma noise is skewed"):
+    samplers.integrate(stepper, jnp.zeros((2, 4)), ts, jax.random.key(0),
+                       sde=ddgm, eps_fn=lambda x, t: 0.1 * x, noise_sign=-1.0)
+
+
 def test_ddgm_sampler_needs_gamma_process():
   vp = sde_lib.make_sde("vp", num_steps=1000)
   with pytest.raises(ValueError, match="noise='gamma'"):
