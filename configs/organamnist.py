@@ -73,6 +73,7 @@ def get_config(variant: str = ""):
   c.denoise.num_posterior = 8      # K samples averaged by posterior_mean
   c.denoise.posterior_batch = 0    # draws computed together (0: all K)
   c.denoise.posterior_of = "dps"   # dps | dps_matched | matched
+  c.denoise.antithetic = False     # posterior_mean: draws in +-noise pairs
   c.denoise.impute_samples = 8     # tweedie: imputations of clipped pixels
   c.denoise.num_images = 300       # the first N images of the split
   c.denoise.method_num_images = ""  # e.g. "posterior_mean:50" for slow ones

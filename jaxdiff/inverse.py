@@ -25,7 +25,9 @@ through the one integrator `jaxdiff.samplers.integrate`:
 * `matched`: plain sampling (no likelihood guidance) from `alpha(t*) y` at t*;
   for the identity operator and unclipped y this samples p(x | y) exactly.
 * `posterior_mean`: the mean of K samples of `dps` (or `posterior_of`),
-  vmapped over K.
+  vmapped over K; with `antithetic`, drawn in pairs whose Gaussian noise
+  (prior draw and every step's) is negated, which cancels the part of a
+  draw that is odd in the noise (all of it for Gaussian data).
 
 DPS step size: `r = sqrt(-2 sigma^2 log p(y | x0_hat))`, which for the Gaussian
 model is the residual norm `||y - A x0_hat||`; the update is
@@ -546,6 +548,12 @@ class MethodSettings:
       fastest on an accelerator; 1 is about twice as fast on a CPU, whose
       caches a K-times larger batch overflows, and needs K times less memory.
     posterior_of: the sampling method `posterior_mean` averages.
+    antithetic: `posterior_mean` draws its samples in antithetic pairs:
+      draw k + K/2 reuses draw k's key with every Gaussian draw negated
+      (`samplers.integrate`'s noise_sign; an odd K's middle draw is
+      unpaired). Each draw is still a draw of the method, but the pair's
+      mean cancels the part of the sample that is odd in the noise. False:
+      K independent draws.
     clip_output: clip reconstructions to [-1, 1].
     sampler_options: (name, value) pairs for the base sampler.
     impute_samples: `tweedie` averages its estimate over this many
@@ -560,6 +568,7 @@ class MethodSettings:
   num_posterior: int = 8
   posterior_batch: int = 0
   posterior_of: str = "dps"
+  antithetic: bool = False
   clip_output: bool = True
   sampler_options: Tuple[Tuple[str, Any], ...] = ()
   impute_samples: int = 8
@@ -628,7 +637,10 @@ def _dps_from(sde, problem, settings, *, matched: bool, zeta: float) -> Method:
   ts = samplers.time_grid(sde, settings.steps, kind=settings.grid,
                           t_max=t_max)
 
-  def method(eps_fn, y, key):
+  def method(eps_fn, y, key, noise_sign=None):
+    # noise_sign (+1 / -1, see `samplers.integrate`) multiplies the prior
+    # draw and every step's Gaussian draw; the imputation of clipped
+    # entries (a one-sided draw) is shared by an antithetic pair.
     init_key, key = jax.random.split(key)
     b = y.shape[0]
     if matched:  # x_{t*} = alpha(t*) y, y's clipped entries imputed.
@@ -636,6 +648,8 @@ def _dps_from(sde, problem, settings, *, matched: bool, zeta: float) -> Method:
       x_init = sde.alpha(t_max) * problem.operator.backproject(y_in)
     else:
       x_init = sde.prior_sample(init_key, (b, *problem.image_shape))
+      if noise_sign is not None:
+        x_init = x_init * noise_sign
     if zeta == 0.0:  # no guidance: the base sampler, without DPS's vjp
       stepper = samplers.make_sampler(settings.sampler, sde, eps_fn,
                                       **options)
@@ -644,7 +658,7 @@ def _dps_from(sde, problem, settings, *, matched: bool, zeta: float) -> Method:
                             zeta=zeta, weighting=settings.dps_weighting,
                             prior_var=settings.prior_var, **options)
     return samplers.integrate(stepper, x_init, ts, key, sde=sde,
-                              eps_fn=eps_fn)
+                              eps_fn=eps_fn, noise_sign=noise_sign)
 
   return method
 
@@ -670,7 +684,9 @@ def _matched(sde, problem, settings) -> Method:
 @METHODS.register("posterior_mean")
 def _posterior_mean(sde, problem, settings) -> Method:
   """Mean of K = num_posterior samples of `posterior_of`, `posterior_batch`
-  draws at a time (vmapped; 0: all K)."""
+  draws at a time (vmapped; 0: all K); with `settings.antithetic`, in
+  antithetic pairs: draw K - K // 2 + j reuses draw j's key with its noise
+  negated (j < K // 2; for an odd K the middle draw is unpaired)."""
   if settings.posterior_of == "posterior_mean" or (
       settings.posterior_of not in ("dps", "dps_matched", "matched")):
     raise ValueError(f"posterior_of must be dps, dps_matched or matched, got "
@@ -684,12 +700,26 @@ def _posterior_mean(sde, problem, settings) -> Method:
   one = METHODS.get(settings.posterior_of)(sde, problem, settings)
   group = settings.posterior_batch or settings.num_posterior
 
+  k_all = settings.num_posterior
+  if settings.antithetic:
+    half = k_all // 2
+    key_index = np.concatenate([np.arange(k_all - half), np.arange(half)])
+    signs = np.concatenate([np.ones(k_all - half), -np.ones(half)])
+  else:
+    key_index, signs = np.arange(k_all), None
+
   def method(eps_fn, y, key):
-    keys = jax.random.split(key, settings.num_posterior)
+    keys = jax.random.split(key, k_all)[key_index]
     # Groups of `group` draws, vmapped, one group after another; draw k
-    # uses keys[k] whatever the grouping.
-    draws = jax.lax.map(lambda k: one(eps_fn, y, k), keys,
-                        batch_size=group)  # [K, B, H, W, C]
+    # uses keys[k] (antithetic: keys[k mod (K - K // 2)] and sign[k])
+    # whatever the grouping.
+    if signs is None:
+      draws = jax.lax.map(lambda k: one(eps_fn, y, k), keys,
+                          batch_size=group)  # [K, B, H, W, C]
+    else:
+      draws = jax.lax.map(
+          lambda ks: one(eps_fn, y, ks[0], noise_sign=ks[1]),
+          (keys, jnp.asarray(signs, jnp.float32)), batch_size=group)
     if settings.clip_output:  # each draw to the data range, then the mean
       draws = jnp.clip(draws, -1.0, 1.0)
     return jnp.mean(draws, axis=0)
@@ -738,6 +768,7 @@ class DenoiseConfig:
     num_posterior: K of posterior_mean.
     posterior_batch: draws of posterior_mean computed together (0: all K).
     posterior_of: the method posterior_mean averages.
+    antithetic: posterior_mean draws in antithetic pairs (`MethodSettings`).
     impute_samples: imputations of y's clipped entries averaged by tweedie
       (clipped noise model only; see `InverseProblem.impute`).
     num_images: the first N images of the split.
@@ -768,6 +799,7 @@ class DenoiseConfig:
   num_posterior: int = 8
   posterior_batch: int = 0
   posterior_of: str = "dps"
+  antithetic: bool = False
   impute_samples: int = 8
   num_images: int = 300
   method_num_images: str = ""
@@ -845,7 +877,8 @@ class DenoiseConfig:
         zeta=self.zeta, dps_weighting=self.dps_weighting,
         prior_var=self.prior_var, num_posterior=self.num_posterior,
         posterior_batch=self.posterior_batch,
-        posterior_of=self.posterior_of, clip_output=self.clip_output,
+        posterior_of=self.posterior_of, antithetic=self.antithetic,
+        clip_output=self.clip_output,
         impute_samples=self.impute_samples,
         sampler_options=tuple(sorted(sampler_options.items())))
 

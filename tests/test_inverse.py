@@ -363,6 +363,46 @@ def test_posterior_draws_in_groups_equal_all_at_once(vp, gaussian_case, group):
                         inverse.MethodSettings(posterior_batch=-1))
 
 
+def test_antithetic_pair_mean_is_the_exact_posterior_mean(vp, gaussian_case):
+  """For Gaussian data every matched-start draw is affine in its noise, so
+  an antithetic pair (the same key, the noise negated) averages to the
+  exact posterior mean E[x | y]; two independent draws do not. Each draw of
+  the pair is still a posterior draw (see the test of `matched` above)."""
+  problem, _, y, exact = gaussian_case
+  eps_fn = _gaussian_eps_fn(vp)
+  est = {}
+  for antithetic in (True, False):
+    settings = inverse.MethodSettings(steps=20, num_posterior=2,
+                                      posterior_of="matched",
+                                      antithetic=antithetic,
+                                      clip_output=False)
+    method = inverse.make_method("posterior_mean", vp, problem, settings)
+    est[antithetic] = jax.jit(lambda y_, m=method: m(eps_fn, y_,
+                                                     jax.random.key(3)))(y)
+  np.testing.assert_allclose(est[True], exact, atol=1e-4)
+  assert float(jnp.abs(est[False] - exact).mean()) > 0.05
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_antithetic_draws_pair_up_by_key_and_sign(vp, gaussian_case, k):
+  """Draw j and j + K // 2 share a key with opposite noise; an odd K's
+  middle draw is unpaired. The DPS mean equals the mean of the draws made
+  one by one with the same keys and signs."""
+  problem, _, y, _ = gaussian_case
+  eps_fn = _gaussian_eps_fn(vp)
+  settings = inverse.MethodSettings(steps=6, zeta=0.3, num_posterior=k,
+                                    antithetic=True, clip_output=False)
+  mean = inverse.make_method("posterior_mean", vp, problem, settings)
+  one = inverse.make_method("dps", vp, problem, settings)
+  keys = jax.random.split(jax.random.key(3), k)
+  half = k // 2
+  draws = [one(eps_fn, y, keys[j], noise_sign=1.0) for j in range(k - half)]
+  draws += [one(eps_fn, y, keys[j], noise_sign=-1.0) for j in range(half)]
+  np.testing.assert_allclose(mean(eps_fn, y, jax.random.key(3)),
+                             jnp.mean(jnp.stack(draws), 0), atol=1e-5)
+  assert float(jnp.abs(draws[0] - draws[k - half]).mean()) > 0.05
+
+
 def test_dps_step_is_the_normalised_residual_gradient(vp, gaussian_case):
   """For Gaussian data x0_hat(x) = c1 x + c0, so a DPS step adds exactly
   zeta c1 (y - x0_hat) / ||y - x0_hat|| to the base step (per image)."""
