@@ -537,6 +537,18 @@ def test_denoise_config_errors_say_what_to_do():
   assert settings.sampler_options == ()
 
 
+def test_organamnist_config_reaches_the_method_settings():
+  """Every config.denoise key of the OrganAMNIST config is a DenoiseConfig
+  field, and the posterior-mean keys reach MethodSettings."""
+  from configs import organamnist  # pylint: disable=g-import-not-at-top
+  config = organamnist.get_config("cpu")
+  config.denoise.antithetic = True
+  config.denoise.posterior_of = "matched"
+  settings = inverse.DenoiseConfig.from_config(config).method_settings()
+  assert settings.antithetic and settings.posterior_of == "matched"
+  assert settings.posterior_batch == config.denoise.posterior_batch
+
+
 def _expected_clipped_mse(x, s):
   """E[(clip(x + s n, -1, 1) - x)^2] in closed form, per pixel."""
   a, b = (-1 - x) / s, (1 - x) / s
