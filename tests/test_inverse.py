@@ -385,8 +385,8 @@ def test_antithetic_pair_mean_is_the_exact_posterior_mean(vp, gaussian_case):
 
 @pytest.mark.parametrize("k", [3, 4])
 def test_antithetic_draws_pair_up_by_key_and_sign(vp, gaussian_case, k):
-  """Draw j and j + K // 2 share a key with opposite noise; an odd K's
-  middle draw is unpaired. The DPS mean equals the mean of the draws made
+  """Draw j and j + K - K // 2 (j < K // 2) share a key with opposite
+  noise; an odd K's middle draw is unpaired. The DPS mean equals the mean of the draws made
   one by one with the same keys and signs."""
   problem, _, y, _ = gaussian_case
   eps_fn = _gaussian_eps_fn(vp)
