@@ -701,25 +701,20 @@ def _posterior_mean(sde, problem, settings) -> Method:
   group = settings.posterior_batch or settings.num_posterior
 
   k_all = settings.num_posterior
-  if settings.antithetic:
-    half = k_all // 2
-    key_index = np.concatenate([np.arange(k_all - half), np.arange(half)])
-    signs = np.concatenate([np.ones(k_all - half), -np.ones(half)])
-  else:
-    key_index, signs = np.arange(k_all), None
+  half = k_all // 2 if settings.antithetic else 0
+  key_index = np.concatenate([np.arange(k_all - half), np.arange(half)])
+  signs = np.concatenate([np.ones(k_all - half), -np.ones(half)])
 
   def method(eps_fn, y, key):
     keys = jax.random.split(key, k_all)[key_index]
     # Groups of `group` draws, vmapped, one group after another; draw k
-    # uses keys[k] (antithetic: keys[k mod (K - K // 2)] and sign[k])
+    # uses keys[k] (antithetic: keys[k mod (K - K // 2)] and signs[k])
     # whatever the grouping.
-    if signs is None:
-      draws = jax.lax.map(lambda k: one(eps_fn, y, k), keys,
-                          batch_size=group)  # [K, B, H, W, C]
-    else:
-      draws = jax.lax.map(
-          lambda ks: one(eps_fn, y, ks[0], noise_sign=ks[1]),
-          (keys, jnp.asarray(signs, jnp.float32)), batch_size=group)
+    draws = jax.lax.map(
+        lambda ks: one(eps_fn, y, ks[0],
+                       noise_sign=ks[1] if settings.antithetic else None),
+        (keys, jnp.asarray(signs, jnp.float32)),
+        batch_size=group)  # [K, B, H, W, C]
     if settings.clip_output:  # each draw to the data range, then the mean
       draws = jnp.clip(draws, -1.0, 1.0)
     return jnp.mean(draws, axis=0)
