@@ -16,7 +16,6 @@ then draws its times from the same 1000 steps the network was trained on.
     python launch.py --config configs/cifar10.py:tiny --workdir /tmp/t
 """
 from configs import base
-from jaxdiff import classifier
 
 
 def get_config(variant: str = ""):
@@ -53,7 +52,6 @@ def get_config(variant: str = ""):
   c.sampling.num_samples = 100            # 10 per class
   c.sampling.batch_size = 100
   c.sampling.classes = "0,1,2,3,4,5,6,7,8,9"
-  c.classify = classifier.default_config()
   c.classify.num_images = 1000
   c.classify.batch_size = 20
   c.classify.num_pairs = 50               # all 10 classes

@@ -15,7 +15,6 @@ Variants: '' (GPU-sized), 'cpu' (9,000 steps, about an hour of training on a
 2-core CPU) and 'tiny' (tests).
 """
 from configs import mnist_ddpm
-from jaxdiff import classifier
 
 
 def get_config(variant: str = ""):
@@ -40,7 +39,6 @@ def get_config(variant: str = ""):
   c.sampling.num_samples = 100            # 10 per class
   c.sampling.batch_size = 100
   c.sampling.classes = "0,1,2,3,4,5,6,7,8,9"
-  c.classify = classifier.default_config()
   c.classify.num_images = 1000
   c.classify.num_pairs = 100
   if variant == "cpu":

@@ -12,8 +12,6 @@ Denoising benchmark (first 300 test images, y = clip(x + 0.3 n, -1, 1)):
     python launch.py --config configs/organamnist.py:deblur \
         --workdir runs/organ --mode denoise
 """
-import ml_collections
-
 from configs import base
 
 
@@ -55,40 +53,8 @@ def get_config(variant: str = ""):
   c.sampling.grid = "uniform"
   c.sampling.clip_denoised = True
 
-  # Inverse problems (--mode denoise); see jaxdiff/inverse.py.
-  c.denoise = ml_collections.ConfigDict()
-  c.denoise.operator = "denoise"   # denoise | inpaint_random | inpaint_box |
-  #                                  blur | sr2 | sr4
-  c.denoise.sigma = 0.3            # y = clip(A x + sigma n, -1, 1)
-  c.denoise.noise_model = "clipped"  # likelihood: clipped | gaussian
-  c.denoise.clip_measurement = True
-  c.denoise.methods = "tweedie,dps,dps_matched,posterior_mean"
-  c.denoise.steps = 50             # sampler steps (DPS and matched methods)
-  c.denoise.sampler = "ddpm"       # DPS base sampler (any of SAMPLERS)
-  c.denoise.clip_denoised = True   # sampler clips x0_hat (ddpm/ddim/dpm_solver_pp)
-  c.denoise.grid = "uniform"
-  c.denoise.zeta = 1.0             # DPS step: zeta * grad ||y - A x0_hat||
-  c.denoise.dps_weighting = "normalised"  # or 'likelihood' (inverse.dps_stepper)
-  c.denoise.prior_var = 1.0        # data variance of the 'likelihood' weighting
-  c.denoise.num_posterior = 8      # K samples averaged by posterior_mean
-  c.denoise.posterior_batch = 0    # draws computed together (0: all K)
-  c.denoise.posterior_of = "dps"   # dps | dps_matched | matched
-  c.denoise.antithetic = False     # posterior_mean: draws in +-noise pairs
-  c.denoise.impute_samples = 8     # tweedie: imputations of clipped pixels
-  c.denoise.num_images = 300       # the first N images of the split
-  c.denoise.method_num_images = ""  # e.g. "posterior_mean:50" for slow ones
-  c.denoise.batch_size = 50
-  c.denoise.noise_seed = 0
-  c.denoise.data_split = "test"
-  c.denoise.clip_output = True
-  c.denoise.use_ema = True
-  c.denoise.out_dir = ""           # "" -> WORKDIR/denoise
-  c.denoise.figure_rows = 6
-  c.denoise.missing_fraction = 0.5  # inpaint_random
-  c.denoise.mask_seed = 0           # inpaint_random
-  c.denoise.box_size = 12           # inpaint_box
-  c.denoise.blur_sigma = 1.0        # blur
-
+  # Inverse problems (--mode denoise): the defaults of
+  # jaxdiff/settings.py's DenoiseSettings are this data set's protocol.
   if variant == "tiny":
     c.data.limit = 256
     c.model.kwargs = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1,

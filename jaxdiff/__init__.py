@@ -1,25 +1,43 @@
 """jaxdiff: diffusion models in JAX/Flax that train, sample, denoise and
-classify. The public API:
+classify. The public API (submodules load on first use, so `import jaxdiff`
+and loading a config stay cheap):
 
 * `schedules`, `sde`: pure diffusion math (VP/sub-VP/VE, linear/cosine).
 * `samplers`: one `lax.scan` integrator; samplers by name (`SAMPLERS`).
 * `models`: U-Net and the coursework CNN (`make_model`).
 * `losses`: noise MSE + frequency loss.
+* `settings`: every config default, one typed dataclass per section.
+* `trained`: a trained model from a workdir (`trained.restore`).
 * `train`: `train_and_evaluate`, `train_step`, `TrainState`.
+* `inverse`, `classifier`: DPS / Tweedie denoising and the diffusion
+  classifier, as libraries.
 * `checkpoint`, `metrics`, `viz`, `data`: services.
 """
-from jaxdiff import data
-from jaxdiff import gamma  # registers the 'ddgm' sampler
-from jaxdiff import losses
-from jaxdiff import metrics
-from jaxdiff import models
-from jaxdiff import samplers
-from jaxdiff import schedules
-from jaxdiff import sde
-from jaxdiff.losses import diffusion_loss
-from jaxdiff.models import make_model
-from jaxdiff.samplers import SAMPLERS, integrate, make_sampler, sample, time_grid
-from jaxdiff.schedules import make_schedule
-from jaxdiff.sde import SDES, VESDE, VPSDE, SubVPSDE, make_sde
+import importlib
 
 __version__ = "0.1.0"
+
+_SUBMODULES = ("checkpoint", "classifier", "data", "gamma", "inverse",
+               "losses", "metrics", "models", "samplers", "schedules", "sde",
+               "settings", "train", "trained", "viz")
+_NAMES = {
+    "diffusion_loss": "losses", "make_model": "models",
+    "SAMPLERS": "samplers", "integrate": "samplers",
+    "make_sampler": "samplers", "sample": "samplers", "time_grid": "samplers",
+    "make_schedule": "schedules", "SDES": "sde", "VESDE": "sde",
+    "VPSDE": "sde", "SubVPSDE": "sde", "make_sde": "sde",
+}
+
+__all__ = sorted(_SUBMODULES + tuple(_NAMES))
+
+
+def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"jaxdiff.{name}")
+  if name in _NAMES:
+    return getattr(importlib.import_module(f"jaxdiff.{_NAMES[name]}"), name)
+  raise AttributeError(f"module 'jaxdiff' has no attribute {name!r}")
+
+
+def __dir__():
+  return __all__

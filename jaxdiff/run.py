@@ -1,110 +1,41 @@
-"""Modes of the command line, by name: train, sample, ... .
+"""The command line's modes, by name: an explicit table of `jaxdiff/modes/`.
 
 `main(config, workdir, mode)` is what `launch.py` calls. Each mode is a
-function (config, workdir) registered in MODES; errors a user can fix are
-printed as one line.
+module of `jaxdiff/modes/` with a `run(config, workdir)`; errors a user can
+fix are printed as one line.
 """
 from __future__ import annotations
 
-import os
+import importlib
 import re
 import sys
 
-import jax
-import numpy as np
-
 from jaxdiff import checkpoint as ckpt_lib
-from jaxdiff import config as config_lib
-from jaxdiff import data as data_lib
 from jaxdiff import distributed
-from jaxdiff import train as train_lib
-from jaxdiff.registry import Registry
+from jaxdiff.train import TrainingError
 
-MODES = Registry("mode")
-
-
-@MODES.register("train")
-def train(config, workdir):
-  train_lib.train_and_evaluate(config, workdir)
-
-
-def restore_params(config, workdir, *, use_ema=True):
-  """(model, params, step) from the newest readable checkpoint in workdir.
-
-  Raises:
-    CheckpointError: no checkpoint, none readable, or one that does not fit
-      the model the config describes (the message says what to do).
-  """
-  model = config_lib.build_model(config)
-  tx = train_lib.make_optimizer(config.training)
-  target = train_lib.abstract_state(model, tx, train_lib.image_shape(config))
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    raise ckpt_lib.CheckpointError(
-        f"No checkpoints in {ckpt_dir}; train first with --mode train "
-        "and the same --workdir.")
-  with ckpt_lib.Checkpointer(ckpt_dir) as ckpt:
-    if ckpt.latest_step() is None:
-      raise ckpt_lib.CheckpointError(
-          f"No checkpoints in {ckpt_dir}; train first with --mode train "
-          "and the same --workdir.")
-    state = ckpt.restore(target)
-  return model, (state.ema_params if use_ema else state.params), int(state.step)
+# Mode name -> the module of `jaxdiff/modes/` whose `run(config, workdir)`
+# carries it out. Adding a mode is one file there and one line here.
+MODES = {
+    "train": "jaxdiff.modes.train",
+    "sample": "jaxdiff.modes.sample",
+    "denoise": "jaxdiff.modes.denoise",
+    "eval": "jaxdiff.modes.eval",
+    "classify": "jaxdiff.modes.classify",
+    "viz": "jaxdiff.modes.viz",
+}
 
 
-@MODES.register("sample")
-def sample(config, workdir):
-  """Writes a sample grid (one row per class when conditional) and an npz."""
-  from jaxdiff import viz  # pylint: disable=g-import-not-at-top
-  process = config_lib.build_process(config)
-  train_lib.check_sampling(config)
-  model, params, step = restore_params(config, workdir,
-                                       use_ema=config.sampling.use_ema)
-  mesh, params = train_lib.spread_for_sampling(config, params)
-  sample_fn = train_lib.make_sample_fn(config, model, process, mesh=mesh)
-  sc = config.sampling
-  labels, row_labels = None, None
-  num = sc.num_samples
-  if config.training.conditional:
-    classes = ([int(c) for c in sc.classes.split(",")] if sc.classes
-               else list(range(config.data.num_classes)))
-    per_class = max(1, num // len(classes))
-    labels = np.repeat(np.asarray(classes), per_class)
-    num = len(labels)
-    names = data_lib.class_names(config.data.name)
-    row_labels = [names[c] if names and c < len(names) else str(c)
-                  for c in classes]
-  images = train_lib.generate(config, sample_fn, params,
-                              jax.random.key(config.seed + 1), num, labels)
-  name = f"samples_{sc.method}_{sc.steps}"
-  out = os.path.join(workdir, name + ".png")
-  ncol = (num // len(row_labels)) if row_labels else None
-  viz.save_grid(out, images, ncol=ncol, row_labels=row_labels)
-  np.savez_compressed(os.path.join(workdir, name + ".npz"),
-                      images=viz.to_uint8(images),
-                      labels=labels if labels is not None else np.zeros(0))
-  print(f"jaxdiff: {num} samples from step {step} ({sc.method}, "
-        f"{sc.steps} steps) -> {out}")
-
-
-# Modules that register further modes (denoise, eval, classify, viz) with
-# `@MODES.register(...)` from `jaxdiff.run`. Imported on first use.
-_MODE_MODULES = ("jaxdiff.inverse", "jaxdiff.evaluation", "jaxdiff.classifier",
-                 "jaxdiff.figures")
-
-
-def load_modes():
-  import importlib  # pylint: disable=g-import-not-at-top
-  for name in _MODE_MODULES:
-    try:
-      importlib.import_module(name)
-    except ModuleNotFoundError as e:
-      if e.name != name:
-        raise
+def mode_fn(mode: str):
+  """The `run(config, workdir)` function of a mode."""
+  if mode not in MODES:
+    raise ValueError(f"Unknown --mode {mode!r}; use one of: "
+                     f"{', '.join(MODES)}.")
+  return importlib.import_module(MODES[mode]).run
 
 
 _USER_ERRORS = (ValueError, FileNotFoundError, ckpt_lib.CheckpointError,
-                train_lib.TrainingError)
+                TrainingError)
 
 
 def fail(message: str, code: int = 2):
@@ -167,10 +98,6 @@ def main(config, workdir, mode):
     distributed.set_cpu_devices(config.get("cpu_devices", 0),
                                 config.training.batch_size)
     distributed.initialize()
-    load_modes()
-    if mode not in MODES:
-      raise ValueError(f"Unknown --mode {mode!r}; use one of: "
-                       f"{', '.join(MODES.names())}.")
-    MODES.get(mode)(config, workdir)
+    return mode_fn(mode)(config, workdir)
   except _USER_ERRORS as e:
     fail(str(e))

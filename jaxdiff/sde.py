@@ -103,6 +103,10 @@ class SDE:
     """Training times t [B]: uniform on [t_min, 1]."""
     return jax.random.uniform(key, (batch,), minval=self.t_min, maxval=1.0)
 
+  def time_of_ratio(self, ratio, *, snap: str = "none", t_lo: float = 0.0):
+    """The t with sigma(t) / alpha(t) = ratio; see `time_of_ratio`."""
+    return time_of_ratio(self, ratio, snap=snap, t_lo=t_lo)
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _ScheduledSDE(SDE):
@@ -185,6 +189,64 @@ class VESDE(SDE):
   @property
   def prior_std(self) -> float:
     return self.sigma_max
+
+
+SNAP_RULES = ("none", "nearest", "up")
+
+
+def time_of_ratio(process, ratio, *, snap: str = "none", t_lo: float = 0.0,
+                  iterations: int = 60):
+  """The time t with sigma(t) / alpha(t) = ratio: the one inverse of the
+  noise-to-signal ratio, for every process with increasing sigma/alpha.
+
+  Bisection on [t_lo, 1] with float32 evaluations of alpha and sigma; pure
+  and jittable, elementwise over an array of ratios. Ratios outside the
+  process's range give the nearest end of [t_lo, 1] (check the range first
+  with `ratio_range` where that is an error).
+
+  Args:
+    process: anything with `alpha(t)` and `sigma(t)` (and `num_steps` for a
+      discrete chain).
+    ratio: sigma/alpha, a scalar or an array (e.g. [B]).
+    snap: for a T-step chain (`num_steps` set), the rule that puts t on its
+      grid i/T, i in 1..T: 'none' keeps the continuous t (the network's time
+      input is continuous), 'nearest' rounds to the nearest step, 'up' to
+      the next step at or above t (at least the requested noise). Ignored for
+      continuous processes.
+    t_lo: lower end of the search.
+    iterations: bisection steps (60 reach float64's resolution).
+
+  Returns:
+    t, a float64 numpy value for concrete input, else a jax array.
+  """
+  if snap not in SNAP_RULES:
+    raise ValueError(f"Unknown snap rule {snap!r}; use one of {SNAP_RULES}.")
+  r = jnp.asarray(ratio, jnp.float32)
+  f = lambda t: process.sigma(t) / process.alpha(t)
+  lo = jnp.full(r.shape, t_lo, jnp.float32)
+  hi = jnp.ones(r.shape, jnp.float32)
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    up = f(mid) < r
+    return jnp.where(up, mid, lo), jnp.where(up, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, iterations, body, (lo, hi))
+  t = 0.5 * (lo + hi)
+  num = getattr(process, "num_steps", None)
+  if num and snap != "none":
+    rounded = jnp.round(t * num) if snap == "nearest" else jnp.ceil(t * num)
+    t = jnp.clip(rounded, 1, num) / num
+  return t
+
+
+def ratio_range(process, t_lo: float = 0.0):
+  """(sigma/alpha at t_lo, at 1): the noise levels a process covers."""
+  with jax.ensure_compile_time_eval():
+    ratio = lambda t: float(process.sigma(jnp.float32(t)) /
+                            process.alpha(jnp.float32(t)))
+    return ratio(t_lo), ratio(1.0)
 
 
 def make_sde(name: str, *, schedule: str = "linear",

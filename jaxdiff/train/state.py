@@ -1,0 +1,125 @@
+"""The train state, the optimiser and its learning-rate schedule, the mesh."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Array = jax.Array
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: Array             # [] int32
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  nonfinite: Array        # [] int32: consecutive skipped (NaN/Inf) steps
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (e.g. too many non-finite steps)."""
+
+
+def make_optimizer(
+    tc) -> optax.GradientTransformation:
+  """AdamW with the learning rate of `lr_schedule` and optional clipping."""
+  lr = lr_schedule(tc)
+  parts = []
+  if tc.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(tc.grad_clip))
+  parts.append(optax.adamw(lr, weight_decay=tc.weight_decay))
+  return optax.chain(*parts)
+
+
+def lr_schedule(tc) -> optax.Schedule:
+  """Learning rate against the optimizer's step count.
+
+  Linear warm-up from 0 over `warmup_steps`, then constant `lr`; with
+  `lr_decay="cosine"` a cosine decay from `lr` to `lr * lr_end_factor` over
+  the steps from `lr_decay_start` to `num_train_steps`. Because the step
+  count lives in the optimizer state, a run resumed with a larger
+  `num_train_steps` and `lr_decay_start` at its current step keeps its
+  constant phase and decays over the new steps only.
+  """
+  if not (np.isfinite(tc.lr) and tc.lr > 0):
+    raise ValueError(f"config.training.lr must be a finite number > 0, got "
+                     f"{tc.lr}.")
+  decay = tc.get("lr_decay", "none")
+  if decay not in ("none", "cosine"):
+    raise ValueError(f"config.training.lr_decay must be 'none' or 'cosine', "
+                     f"got {decay!r}.")
+  warmup = max(int(tc.warmup_steps), 0)
+  # join_schedules hands each piece the steps since its own boundary.
+  pieces, boundaries = [], []
+  if warmup:
+    pieces.append(optax.linear_schedule(0.0, float(tc.lr), warmup))
+    boundaries.append(warmup)
+  pieces.append(optax.constant_schedule(float(tc.lr)))
+  if decay == "cosine":
+    start = max(int(tc.get("lr_decay_start", 0)), warmup)
+    length = int(tc.num_train_steps) - start
+    if length <= 0:
+      raise ValueError(
+          f"config.training.lr_decay_start ({start}, after warm-up) must be "
+          f"below num_train_steps ({tc.num_train_steps}).")
+    pieces.append(optax.cosine_decay_schedule(
+        float(tc.lr), length, alpha=float(tc.get("lr_end_factor", 0.0))))
+    boundaries.append(start)
+  if len(pieces) == 1:
+    return pieces[0]
+  return optax.join_schedules(pieces, boundaries)
+
+
+def make_apply_fn(model: nn.Module) -> Callable:
+  """(params, x, t, y, train, rngs) -> eps_hat."""
+  def apply_fn(params, x, t, y=None, *, train=False, rngs=None):
+    return model.apply({"params": params}, x, t, y, train=train, rngs=rngs)
+  return apply_fn
+
+
+def init_state(model: nn.Module, tx, key, image_shape) -> TrainState:
+  """A fresh TrainState (jittable; `jax.eval_shape` gives its shapes)."""
+  x = jnp.zeros((1, *image_shape), jnp.float32)
+  t = jnp.zeros((1,), jnp.float32)
+  params = model.init({"params": key}, x, t)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree.map(jnp.copy, params),
+                    opt_state=tx.init(params),
+                    nonfinite=jnp.zeros((), jnp.int32))
+
+
+def abstract_state(model: nn.Module, tx, image_shape,
+                   sharding: Optional[jax.sharding.Sharding] = None
+                   ) -> TrainState:
+  """The TrainState's shapes and dtypes (no computation), optionally placed."""
+  shapes = jax.eval_shape(
+      lambda k: init_state(model, tx, k, image_shape), jax.random.key(0))
+  if sharding is None:
+    return shapes
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      shapes)
+
+
+def run_keys(seed: int) -> Tuple[Array, Array, Array]:
+  """(init, train, sample) keys of a run: functions of the seed alone."""
+  init_key, train_key, sample_key = jax.random.split(jax.random.key(seed), 3)
+  return init_key, train_key, sample_key
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh ("data") over `devices` (default: all devices of all hosts)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.sharding.Mesh(np.asarray(devices), ("data",),
+                           axis_types=(jax.sharding.AxisType.Auto,))

@@ -1,0 +1,229 @@
+"""A trained model: the service every mode uses.
+
+    trained = jaxdiff.trained.restore(config, "runs/organ")
+    images = trained.generate(jax.random.key(1), 16)          # [16, H, W, C]
+    eps, x0 = trained.denoise(x_t, t)                         # at time t
+
+`restore` reads the newest readable checkpoint of a workdir and returns a
+`Trained`: the flax module, its (EMA) parameters, the step, the forward
+process and the typed settings. From it: the network's noise prediction with
+parameters, labels and guidance bound (`eps_fn`), the denoiser (eps, x0) at
+a time (`denoise`), a jitted sampling function (`sample_fn`, the batch split
+over the local devices when their count divides it) and batched generation
+(`generate`). Nothing else in jaxdiff restores a model or builds a sampling
+function.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxdiff import checkpoint as ckpt_lib
+from jaxdiff import config as config_lib
+from jaxdiff import samplers
+from jaxdiff.settings import Settings
+from jaxdiff.train import state as state_lib
+
+Array = jax.Array
+
+
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `<workdir>/checkpoints` holds at least one step folder."""
+  d = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(d) and any(
+      name.isdigit() and os.path.isdir(os.path.join(d, name))
+      for name in os.listdir(d))
+
+
+def check_sampler(method: str, grid: str = "uniform") -> None:
+  """Raises ValueError (saying what to use) for an unknown sampler or grid."""
+  if method not in samplers.SAMPLERS:
+    raise ValueError(
+        f"Unknown sampler {method!r} (config.sampling.method); use one of "
+        f"{', '.join(samplers.SAMPLERS.names())}.")
+  if grid not in samplers.GRIDS:
+    raise ValueError(
+        f"Unknown config.sampling.grid {grid!r}; use one of "
+        f"{', '.join(samplers.GRIDS.names())}.")
+
+
+def sampling_mesh(batch_size: int) -> Optional[jax.sharding.Mesh]:
+  """A mesh of the local devices when there are several, on one process,
+  and their count divides `batch_size`; else None (one device samples).
+  A multi-host batch could not be gathered into one picture."""
+  n = jax.local_device_count()
+  if n < 2 or jax.process_count() > 1 or batch_size % n:
+    return None
+  return state_lib.make_mesh(jax.local_devices())
+
+
+def make_sample_fn(s: Settings, apply_fn: Callable, process, *,
+                   method: Optional[str] = None, steps: Optional[int] = None,
+                   batch_size: Optional[int] = None,
+                   mesh: Optional[jax.sharding.Mesh] = None) -> Callable:
+  """jitted (params, key, labels) -> images [B, H, W, C] in [-1, 1].
+
+  Args:
+    s: the run's settings (sampling, data, training.conditional).
+    apply_fn: (params, x, t, y) -> eps_hat.
+    process: the forward process.
+    method, steps, batch_size: override `s.sampling`'s.
+    mesh: split the batch over this mesh's devices (params replicated).
+  """
+  sc = s.sampling
+  method = method or sc.method
+  steps = steps or sc.steps
+  batch_size = batch_size or sc.batch_size
+  check_sampler(method, sc.grid)
+  shape = (batch_size, *s.data.image_shape)
+  options = config_lib.sampler_options(sc, method)
+  conditional = s.training.conditional
+  jit_kwargs = {}
+  if mesh is not None and mesh.size > 1 and batch_size % mesh.size == 0:
+    jit_kwargs = dict(out_shardings=NamedSharding(mesh, P("data")))
+
+  @functools.partial(jax.jit, **jit_kwargs)
+  def sample_fn(params, key, labels=None):
+    eps_fn = samplers.model_eps_fn(
+        apply_fn, params, labels=labels if conditional else None,
+        num_classes=s.data.num_classes, guidance_scale=sc.guidance_scale)
+    return samplers.sample(method, process, eps_fn, key, shape, steps=steps,
+                           grid=sc.grid, **options)
+
+  return sample_fn
+
+
+def generate(sample_fn: Callable, params, key: Array, num: int,
+             batch_size: int, labels: Optional[np.ndarray] = None
+             ) -> np.ndarray:
+  """Draws `num` images in batches of `batch_size` (batch i: fold_in(key, i)).
+
+  Returns:
+    images [num, H, W, C] float in [-1, 1] (host memory).
+  """
+  out = []
+  for i in range(-(-num // batch_size)):
+    y = None
+    if labels is not None:
+      y = jnp.asarray(np.resize(labels[i * batch_size:(i + 1) * batch_size],
+                                batch_size), jnp.int32)
+    out.append(np.asarray(sample_fn(params, jax.random.fold_in(key, i), y)))
+  return np.concatenate(out)[:num]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Trained:
+  """A trained network and what it was trained with.
+
+  Attributes:
+    settings: the run's typed settings.
+    model: the flax module.
+    params: its parameters (the EMA ones unless restored with use_ema=False).
+    step: the training step of the checkpoint.
+    process: the forward process (SDE or gamma chain).
+  """
+  settings: Settings
+  model: nn.Module
+  params: Any
+  step: int
+  process: Any
+
+  @property
+  def apply_fn(self) -> Callable:
+    """(params, x, t, y) -> eps_hat."""
+    return state_lib.make_apply_fn(self.model)
+
+  @property
+  def image_shape(self) -> Tuple[int, int, int]:
+    return self.settings.data.image_shape
+
+  @property
+  def num_classes(self) -> int:
+    return self.settings.data.num_classes
+
+  def eps_fn(self, labels: Optional[Array] = None, *,
+             guidance_scale: float = 0.0, params=None) -> samplers.EpsFn:
+    """eps_fn(x, t) with parameters, labels and guidance bound."""
+    return samplers.model_eps_fn(
+        self.apply_fn, self.params if params is None else params,
+        labels=labels, num_classes=self.num_classes,
+        guidance_scale=guidance_scale)
+
+  def denoise(self, x: Array, t: Array, labels: Optional[Array] = None
+              ) -> Tuple[Array, Array]:
+    """The denoiser at time t: (eps_hat, x0_hat), each [B, H, W, C].
+
+    Args:
+      x: [B, H, W, C] noisy images x_t.
+      t: [B] or scalar time.
+      labels: [B] int class labels (conditional models), or None.
+    """
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+    eps = self.apply_fn(self.params, x, t, labels)
+    return eps, self.process.eps_to_x0(x, eps, t)
+
+  def sample_fn(self, *, method: Optional[str] = None,
+                steps: Optional[int] = None,
+                batch_size: Optional[int] = None) -> Callable:
+    """A jitted (params, key, labels) -> images, split over local devices."""
+    batch_size = batch_size or self.settings.sampling.batch_size
+    return make_sample_fn(self.settings, self.apply_fn, self.process,
+                          method=method, steps=steps, batch_size=batch_size,
+                          mesh=sampling_mesh(batch_size))
+
+  def spread_params(self, batch_size: Optional[int] = None):
+    """The params replicated over the sampling mesh (or as they are)."""
+    mesh = sampling_mesh(batch_size or self.settings.sampling.batch_size)
+    if mesh is None:
+      return self.params
+    return jax.device_put(self.params, NamedSharding(mesh, P()))
+
+  def generate(self, key: Array, num: int,
+               labels: Optional[Sequence[int]] = None, *,
+               sample_fn: Optional[Callable] = None,
+               batch_size: Optional[int] = None) -> np.ndarray:
+    """`num` images [num, H, W, C] in [-1, 1], drawn in batches."""
+    batch_size = batch_size or self.settings.sampling.batch_size
+    sample_fn = sample_fn or self.sample_fn(batch_size=batch_size)
+    labels = None if labels is None else np.asarray(labels)
+    return generate(sample_fn, self.spread_params(batch_size), key, num,
+                    batch_size, labels)
+
+
+def restore(config, workdir: str, *, use_ema: bool = True) -> Trained:
+  """The newest readable checkpoint of `workdir` as a `Trained`.
+
+  Args:
+    config: the run's config (ConfigDict or `Settings`).
+    workdir: the run directory (checkpoints in `<workdir>/checkpoints`).
+    use_ema: take the EMA parameters (else the raw ones).
+
+  Raises:
+    CheckpointError: no checkpoint, none readable, or one that does not fit
+      the model the config describes (the message says what to do).
+  """
+  s = config_lib.typed(config)
+  model = config_lib.build_model(s)
+  process = config_lib.build_process(s)
+  tx = state_lib.make_optimizer(s.training)
+  target = state_lib.abstract_state(model, tx, s.data.image_shape)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  missing = (f"No checkpoints in {ckpt_dir}; train first with --mode train "
+             "and the same --workdir.")
+  if not os.path.isdir(ckpt_dir):
+    raise ckpt_lib.CheckpointError(missing)
+  with ckpt_lib.Checkpointer(ckpt_dir) as ckpt:
+    if ckpt.latest_step() is None:
+      raise ckpt_lib.CheckpointError(missing)
+    state = ckpt.restore(target)
+  params = state.ema_params if use_ema else state.params
+  return Trained(settings=s, model=model, params=params, step=int(state.step),
+                 process=process)
