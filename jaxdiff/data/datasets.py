@@ -20,13 +20,12 @@ from typing import (Callable, Dict, List, Optional, Sequence,
                     Tuple, Union)
 
 import numpy as np
-from PIL import Image
 
 from jaxdiff.data import download as _download
 from jaxdiff.data.download import DataError
 from jaxdiff.data.download import DataNotFoundError
 from jaxdiff.data.formats import (IMAGE_EXTENSIONS, Dataset, _check_limit,
-                                  _is_gray_file, make_dataset,
+                                  decode_images, make_dataset,
                                   read_cifar_bin, read_idx,
                                   read_image_tar, read_medmnist_npz,
                                   write_cifar_bin, write_idx)
@@ -375,6 +374,36 @@ def load_organamnist_small(data_dir: Optional[str] = None,
 # --------------------------------------------------------------------- folder
 
 
+def _folder_files(root: str, split: str
+                  ) -> Tuple[str, List[str], List[Tuple[int, str]]]:
+  """(the split's folder, sorted class names, [(label, image path)])."""
+  if not os.path.isdir(root):
+    raise DataNotFoundError(
+        f"folder: {root} does not exist. Create it with one sub-folder of "
+        "images per class (optionally under train/ and test/).")
+  if os.path.isdir(os.path.join(root, split)):
+    root = os.path.join(root, split)
+  else:
+    present = [s for s in MEDMNIST_SPLITS
+               if os.path.isdir(os.path.join(root, s))]
+    if present:
+      raise ValueError(
+          f"Unknown split {split!r} for folder {root}: it has "
+          f"{', '.join(present)}.")
+  classes = sorted(d for d in os.listdir(root) if not d.startswith(".")
+                   and os.path.isdir(os.path.join(root, d)))
+  files = [(label, os.path.join(root, cls, f))
+           for label, cls in enumerate(classes)
+           for f in sorted(os.listdir(os.path.join(root, cls)))
+           if f.lower().endswith(IMAGE_EXTENSIONS)
+           and os.path.isfile(os.path.join(root, cls, f))]
+  if not files:
+    raise DataNotFoundError(
+        f"folder: no images ({', '.join(IMAGE_EXTENSIONS)}) in class "
+        f"sub-folders of {root}. Lay it out as {root}/<class>/<image>.")
+  return root, classes, files
+
+
 @DATASETS.register("folder")
 def load_folder(data_dir: Optional[str] = None, split: str = "train", *,
                 path: Optional[str] = None,
@@ -417,52 +446,10 @@ def load_folder(data_dir: Optional[str] = None, split: str = "train", *,
     if len(size) != 2 or min(size) <= 0:
       raise ValueError(f"image_size must be a positive int or (height, "
                        f"width), got {image_size!r}.")
-  root = os.path.expanduser(os.fspath(path))
-  if not os.path.isdir(root):
-    raise DataNotFoundError(
-        f"folder: {root} does not exist. Create it with one sub-folder of "
-        "images per class (optionally under train/ and test/).")
-  if os.path.isdir(os.path.join(root, split)):
-    root = os.path.join(root, split)
-  else:
-    present = [s for s in MEDMNIST_SPLITS
-               if os.path.isdir(os.path.join(root, s))]
-    if present:
-      raise ValueError(
-          f"Unknown split {split!r} for folder {root}: it has "
-          f"{', '.join(present)}.")
-  classes = sorted(d for d in os.listdir(root) if not d.startswith(".")
-                   and os.path.isdir(os.path.join(root, d)))
-  files = [(label, os.path.join(root, cls, f))
-           for label, cls in enumerate(classes)
-           for f in sorted(os.listdir(os.path.join(root, cls)))
-           if f.lower().endswith(IMAGE_EXTENSIONS)
-           and os.path.isfile(os.path.join(root, cls, f))]
-  if not files:
-    raise DataNotFoundError(
-        f"folder: no images ({', '.join(IMAGE_EXTENSIONS)}) in class "
-        f"sub-folders of {root}. Lay it out as {root}/<class>/<image>.")
+  root, classes, files = _folder_files(os.path.expanduser(os.fspath(path)),
+                                       split)
   if limit is not None:
     files = files[:limit]
-  if channels is None:
-    channels = 1 if all(_is_gray_file(f) for _, f in files) else 3
-  mode = "L" if channels == 1 else "RGB"
-  arrays: List[np.ndarray] = []
-  for _, file in files:
-    try:
-      with Image.open(file) as img:
-        img = img.convert(mode)
-    except OSError as e:
-      raise DataError(f"{file}: cannot decode image ({e}).") from e
-    if size is not None and img.size != (size[1], size[0]):
-      img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-    arr = np.asarray(img, dtype=np.uint8)  # [H, W] or [H, W, 3]
-    if arrays and arr.shape != arrays[0].shape:
-      raise DataError(
-          f"{file} is {arr.shape[1]}x{arr.shape[0]} but {files[0][1]} is "
-          f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; pass image_size= to "
-          "resize.")
-    arrays.append(arr)
-  images = np.stack(arrays)  # [N, H, W] or [N, H, W, 3]
+  images = decode_images([f for _, f in files], channels, size)
   labels = np.array([label for label, _ in files], dtype=np.int32)
   return make_dataset(images, labels, classes, root)

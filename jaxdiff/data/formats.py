@@ -391,3 +391,42 @@ def _is_gray_file(path: str) -> bool:
       return img.mode in ("1", "L", "LA", "I", "I;16", "F")
   except OSError as e:
     raise DataError(f"{path}: cannot decode image ({e}).") from e
+
+
+def decode_images(files: Sequence[str], channels: Optional[int] = None,
+                  size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+  """Decodes image files into one uint8 array.
+
+  Args:
+    files: the image paths, in order.
+    channels: 1 (grayscale) or 3 (RGB); None picks 1 if every image is
+      grayscale, else 3.
+    size: (height, width) to resize to (bicubic); None keeps the sizes, which
+      must then all agree.
+
+  Returns:
+    [N, H, W] (grayscale) or [N, H, W, 3] uint8.
+
+  Raises:
+    DataError: an unreadable image, or differing sizes without `size`.
+  """
+  if channels is None:
+    channels = 1 if all(_is_gray_file(f) for f in files) else 3
+  mode = "L" if channels == 1 else "RGB"
+  arrays: List[np.ndarray] = []
+  for file in files:
+    try:
+      with Image.open(file) as img:
+        img = img.convert(mode)
+    except OSError as e:
+      raise DataError(f"{file}: cannot decode image ({e}).") from e
+    if size is not None and img.size != (size[1], size[0]):
+      img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    arr = np.asarray(img, dtype=np.uint8)  # [H, W] or [H, W, 3]
+    if arrays and arr.shape != arrays[0].shape:
+      raise DataError(
+          f"{file} is {arr.shape[1]}x{arr.shape[0]} but {files[0]} is "
+          f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; pass image_size= to "
+          "resize.")
+    arrays.append(arr)
+  return np.stack(arrays)  # [N, H, W] or [N, H, W, 3]
