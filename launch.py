@@ -21,8 +21,8 @@ config_flags.DEFINE_config_file(
     "configs/organamnist.py:tiny", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and "
                     "pictures.")
-flags.DEFINE_string("mode", "train", "What to do: train, sample, denoise, "
-                    "eval, classify or viz.")
+flags.DEFINE_string("mode", "train", "What to do: one of "
+                    f"{', '.join(run_lib.MODES)} (jaxdiff/modes/).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

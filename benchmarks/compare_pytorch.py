@@ -388,7 +388,7 @@ def build_torch_model(config):
     raise ValueError(f"No PyTorch mirror of model {config.model.name!r}; "
                      f"have {sorted(TORCH_MODELS)}.")
   model = TORCH_MODELS[config.model.name](**kwargs)
-  shape = train_lib.image_shape(config)
+  shape = config_lib.typed(config).data.image_shape
   with torch.no_grad():  # Creates the submodules (Compact) at these shapes.
     model.eval()(torch.zeros(1, shape[2], shape[0], shape[1]), torch.zeros(1))
   return model.train()
@@ -663,14 +663,15 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
   config = load_config(spec)
   if config.training.conditional:
     raise ValueError(f"{spec}: only unconditional models are compared.")
-  tc = config.training
-  model = config_lib.build_model(config)
+  settings = config_lib.typed(config)
+  tc = settings.training
+  model = config_lib.build_model(settings)
   if args.bf16:
     model = model.clone(dtype=jnp.bfloat16)  # bf16 compute, fp32 params
-  process = config_lib.build_process(config)
+  process = config_lib.build_process(settings)
   tx = train_lib.make_optimizer(tc)
-  shape = train_lib.image_shape(config)
-  init_key, train_key, sample_key = train_lib.run_keys(config.seed)
+  shape = settings.data.image_shape
+  init_key, train_key, sample_key = train_lib.run_keys(settings.seed)
   state = jax.jit(lambda: train_lib.init_state(model, tx, init_key, shape))()
   n_jax = train_lib.count_params(state.params)
 
@@ -732,7 +733,7 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
   def reverse_step(params, x, t, s, key):
     eps_fn = samplers_lib.model_eps_fn(eval_apply, params)
     stepper = samplers_lib.make_sampler("ddpm", process, eps_fn)
-    return stepper.step(stepper.init(x), t, s, key)["x"]
+    return stepper.step(stepper.init(x), t, s, samplers_lib.Noise(key))["x"]
 
   params = holder["state"].params
   t_j, s_j = jnp.float32(t), jnp.float32(s)

@@ -65,27 +65,12 @@ def load_config(spec: str):
 
 
 def build(config):
-  """(model, sde) from the config, via jaxdiff.config when it is there."""
-  try:
-    from jaxdiff import config as config_lib  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    config_lib = None
-  if config_lib is not None:
-    model = config_lib.build_model(config)
-    sde = config_lib.build_process(config)
-  else:  # fallback for a tree without jaxdiff/config.py
-    from jaxdiff.models import make_model  # pylint: disable=g-import-not-at-top
-    kwargs = {k: tuple(v) if isinstance(v, list) else v
-              for k, v in dict(config.model.kwargs).items()}
-    model = make_model(config.model.name, **kwargs)
-    d = config.diffusion
-    sde = (sde_lib.make_sde("ve", sigma_min=d.sigma_min, sigma_max=d.sigma_max)
-           if d.sde == "ve" else
-           sde_lib.make_sde(d.sde, schedule=d.schedule,
-                            num_steps=d.num_steps or None))
-  if not isinstance(sde, sde_lib.SDE):
-    raise ValueError("sampler_speed benchmarks the Gaussian SDE samplers; "
-                     f"config.diffusion gives {type(sde).__name__}.")
+  """(model, sde) from the config."""
+  from jaxdiff import config as config_lib  # pylint: disable=g-import-not-at-top
+  model = config_lib.build_model(config)
+  sde = config_lib.build_process(config)
+  sde_lib.check_gaussian(sde, "sampler_speed (it benchmarks the Gaussian "
+                         "samplers)")
   return model, sde
 
 
@@ -99,18 +84,9 @@ def restore_checkpoint(config, directory: str, use_ema: bool = True):
   directory = os.path.abspath(directory)
   workdir = (os.path.dirname(directory)
              if os.path.basename(directory) == "checkpoints" else directory)
-  try:
-    from jaxdiff import run as run_lib  # pylint: disable=g-import-not-at-top
-    _, params, step = run_lib.restore_params(config, workdir, use_ema=use_ema)
-    return params, step
-  except ImportError:
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-    step = mngr.latest_step()
-    ckpt = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))
-    state = ckpt["state"]
-    return state["ema_params" if use_ema else "params"], int(step)
+  from jaxdiff import trained as trained_lib  # pylint: disable=g-import-not-at-top
+  trained = trained_lib.restore(config, workdir, use_ema=use_ema)
+  return trained.params, trained.step
 
 
 def steps_for_nfe(stepper: samplers_lib.Stepper, sde, nfe: int, grid: str):
@@ -183,7 +159,8 @@ def python_loop_sampler(name: str, sde, apply_fn, params, ts,
   """The same sampler driven step by step from Python (jitted steps)."""
   eps_fn = samplers_lib.model_eps_fn(apply_fn, params)
   stepper = samplers_lib.make_sampler(name, sde, eps_fn, **options)
-  step = jax.jit(stepper.step)
+  step = jax.jit(lambda state, t, s, key: stepper.step(
+      state, t, s, samplers_lib.Noise(key, draw=stepper.draw)))
   init = jax.jit(stepper.init)
   final = float(ts[-1]) == 0.0
   grid = jnp.asarray(ts[:-1] if final else ts)

@@ -161,35 +161,35 @@ def matmul_peak(n: int, warmup: int, repeats: int) -> Dict[str, float]:
 def bench_config(spec: str, args: argparse.Namespace) -> Dict[str, Any]:
   """Compiles and times the train function of one config."""
   config = load_config(spec)
-  tc = config.training
   if args.batch:
-    tc.batch_size = args.batch
+    config.training.batch_size = args.batch
+  s = config_lib.typed(config)
+  tc = s.training.validate()
   batch = tc.batch_size
-  train_lib.check_training(config)
-  model = config_lib.build_model(config)
-  process = config_lib.build_process(config)
+  model = config_lib.build_model(s)
+  process = config_lib.build_process(s)
   tx = train_lib.make_optimizer(tc)
   mesh = train_lib.make_mesh()
   n_images = 4 * batch
   train_lib.check_batch(batch, jax.device_count(), n_images)
-  shape = train_lib.image_shape(config)
+  shape = s.data.image_shape
   replicated = NamedSharding(mesh, P())
   state = jax.jit(
-      lambda: train_lib.init_state(model, tx, train_lib.run_keys(config.seed)[0],
+      lambda: train_lib.init_state(model, tx, train_lib.run_keys(s.seed)[0],
                                    shape), out_shardings=replicated)()
   num_params = train_lib.count_params(state.params)
   rng = np.random.default_rng(0)
   images = jax.device_put(
       rng.integers(0, 256, (n_images, *shape), dtype=np.uint8), replicated)
   labels = jax.device_put(
-      rng.integers(0, config.data.num_classes or 10, (n_images,),
+      rng.integers(0, s.data.num_classes or 10, (n_images,),
                    dtype=np.int32), replicated)
   apply_fn = train_lib.make_apply_fn(model)
 
   ks = (parse_ints(args.steps_per_dispatch)
         if args.steps_per_dispatch not in (None, "", "config")
         else [tc.steps_per_dispatch])
-  print(f"[{spec}] {config.model.name}, {num_params:,} parameters, batch "
+  print(f"[{spec}] {s.model.name}, {num_params:,} parameters, batch "
         f"{batch}, images {shape}, steps_per_dispatch {ks}", flush=True)
   peak = matmul_peak(args.peak_n, args.warmup, args.repeats)
   print(f"  fp32 matmul {args.peak_n}^2: {peak['gflops_per_s']:.1f} GFLOP/s "
@@ -199,7 +199,7 @@ def bench_config(spec: str, args: argparse.Namespace) -> Dict[str, Any]:
   step_flops = None      # FLOPs of one train step (the k = 1 program)
   step_flops_source = None
   for k in ks:
-    train_fn = train_lib.make_train_fn(config, apply_fn, tx, process, mesh,
+    train_fn = train_lib.make_train_fn(s, apply_fn, tx, process, mesh,
                                        length=k)
     c0, t0 = time.process_time(), time.perf_counter()
     compiled = train_fn.lower(state, images, labels).compile()
@@ -234,7 +234,7 @@ def bench_config(spec: str, args: argparse.Namespace) -> Dict[str, Any]:
   if step_flops is None:
     # No single-step program was compiled (or its analysis lacked 'flops'):
     # analyse the lowered single-step program (no compile).
-    lowered = train_lib.make_train_fn(config, apply_fn, tx, process, mesh,
+    lowered = train_lib.make_train_fn(s, apply_fn, tx, process, mesh,
                                       length=1).lower(state, images, labels)
     step_flops = xla_flops(lowered)
     if step_flops is not None:
@@ -248,7 +248,7 @@ def bench_config(spec: str, args: argparse.Namespace) -> Dict[str, Any]:
       r["pct_of_peak"] = 100 * r["gflops_per_s"] / peak["gflops_per_s"]
       r["pct_of_peak_cpu"] = (100 * r["gflops_per_cpu_s"]
                               / peak["gflops_per_s_cpu"])
-  return dict(config=spec, model=config.model.name,
+  return dict(config=spec, model=s.model.name,
               model_kwargs=config_lib.to_json(config)["model"]["kwargs"],
               num_params=num_params, batch=batch, image_shape=list(shape),
               conditional=bool(tc.conditional), num_images=n_images,

@@ -9,17 +9,19 @@ and loading a config stay cheap):
 * `settings`: every config default, one typed dataclass per section.
 * `trained`: a trained model from a workdir (`trained.restore`).
 * `train`: `train_and_evaluate`, `train_step`, `TrainState`.
-* `inverse`, `classifier`: DPS / Tweedie denoising and the diffusion
-  classifier, as libraries.
+* `inverse`, `classifier`, `feature_distance`, `figures`: DPS / Tweedie
+  denoising, the diffusion classifier, sample quality and figure data, as
+  libraries (arrays and typed settings in, arrays and numbers out).
 * `checkpoint`, `metrics`, `viz`, `data`: services.
 """
 import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("checkpoint", "classifier", "data", "gamma", "inverse",
-               "losses", "metrics", "models", "samplers", "schedules", "sde",
-               "settings", "train", "trained", "viz")
+_SUBMODULES = ("checkpoint", "classifier", "config", "data", "feature_distance",
+               "figures", "gamma", "inverse", "losses", "metrics", "models",
+               "samplers", "schedules", "sde", "settings", "train", "trained",
+               "viz")
 _NAMES = {
     "diffusion_loss": "losses", "make_model": "models",
     "SAMPLERS": "samplers", "integrate": "samplers",

@@ -33,8 +33,10 @@ The network target is the standardised noise eps = (gbar_t - kbar_t theta_t) /
 sqrt(1 - alphabar_t) (mean 0, variance 1), so training, `eps_to_x0` and the
 Gaussian samplers are unchanged. The prior is the closed form at t = T:
 x_T = gbar_T - kbar_T theta_T (variance 1 - alphabar_T). The reverse sampler
-"ddgm" (the paper's Algorithm 2) takes DDPM's posterior mean and variance but
-draws the noise as a standardised centred gamma.
+"ddgm" (the paper's Algorithm 2; `jaxdiff.samplers.ddgm`) is the DDPM step,
+DDPM's posterior mean and variance, with the process's `noise_draw`: the
+standardised centred gamma of the marginal at the step's target time s,
+z = (gbar_s - kbar_s theta_s) / sqrt(1 - alphabar_s).
 
 Sampling precision. `jax.random.gamma` (Marsaglia-Tsang in the sample's
 dtype) quantises large shapes in float32: its 1 + c x with c = 1/(3 sqrt(k))
@@ -50,6 +52,7 @@ no slower than `jax.random.gamma` on CPU (10-18 vs 24-50 ms for 128x28x28).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from typing import Dict, Optional, Tuple
 
@@ -57,9 +60,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import samplers
 from jaxdiff import schedules as schedules_lib
 from jaxdiff import sde as sde_lib
-from jaxdiff.samplers import SAMPLERS, Stepper
 from jaxdiff.sde import bcast
 
 Array = jax.Array
@@ -170,17 +173,20 @@ def standard_gamma(key: Array, k, shape, dtype=jnp.float32) -> Array:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class GammaProcess(sde_lib.VPSDE):
+class GammaProcess(sde_lib.Process):
   """The DDGM chain: the discrete VP chain with centred gamma noise.
 
-  alpha(t), sigma(t), `eps_to_x0`, `sample_time` (t = i/T) and the time grids
-  are the discrete VP-SDE's; `perturb`, `prior_sample` and one `forward_step`
-  draw gamma noise. The Gaussian samplers work on it; "ddgm" draws gamma noise.
+  Not Gaussian (not an `SDE`): it composes the Gaussian DDPM chain of the same
+  schedule (`chain`), whose alpha(t), sigma(t), f, g2, `sample_time` (t = i/T)
+  and time grids it shares; `perturb`, `prior_sample`, one `forward_step` and
+  the samplers' `noise_draw` draw gamma noise. The Gaussian samplers work on
+  it; "ddgm" draws gamma noise; the Gaussian-only inverse methods refuse it.
 
   Attributes:
     schedule: a `DiscreteSchedule` (T betas).
     theta0: the scale hyperparameter theta_0 > 0 (the paper's 0.001).
   """
+  schedule: schedules_lib.DiscreteSchedule
   theta0: float = 0.001
 
   def __post_init__(self):
@@ -192,6 +198,34 @@ class GammaProcess(sde_lib.VPSDE):
     if not self.theta0 > 0:
       raise ValueError(f"theta0 must be > 0, got {self.theta0}; the paper "
                        "uses 0.001.")
+
+  # ---- the Gaussian chain's moments: x_t has its mean and variance.
+  @functools.cached_property
+  def chain(self) -> sde_lib.VPSDE:
+    """The Gaussian DDPM chain of the same schedule (same alpha, sigma)."""
+    return sde_lib.VPSDE(schedule=self.schedule)
+
+  discrete = True
+
+  @property
+  def num_steps(self) -> int:
+    return self.schedule.num_steps
+
+  def alpha(self, t):
+    return self.chain.alpha(t)
+
+  def sigma(self, t):
+    return self.chain.sigma(t)
+
+  def f(self, t):
+    return self.chain.f(t)
+
+  def g2(self, t):
+    return self.chain.g2(t)
+
+  def sample_time(self, key, batch: int) -> Array:
+    """Training times [B]: the steps i/T, i uniform in 1..T."""
+    return self.chain.sample_time(key, batch)
 
   # ---- closed-form parameters (numpy float64 tables for the T steps).
   @property
@@ -251,6 +285,19 @@ class GammaProcess(sde_lib.VPSDE):
     """x_T = gbar_T - kbar_T theta_T (mean 0, variance 1 - alphabar_T)."""
     return self.noise(key, 1.0, shape, dtype)
 
+  def standard_noise(self, key: Array, shape, dtype=jnp.float32,
+                     t=1.0) -> Array:
+    """The standardised noise of the marginal at t (scalar): (gbar_t - kbar_t
+    theta_t) / sqrt(1 - alphabar_t), mean 0, variance 1, skewness
+    2 / sqrt(kbar_t)."""
+    kbar, _ = self.gamma_params(t)
+    return standard_gamma(key, kbar, shape, dtype)
+
+  @property
+  def noise_draw(self) -> samplers.Draw:
+    """`standard_noise` as the samplers' draw (skewed: no antithetic pairs)."""
+    return samplers.Draw(self.standard_noise, symmetric=False)
+
   def forward_step(self, key: Array, x_prev: Array, i) -> Array:
     """One chain step x_i = sqrt(alpha_i) x_{i-1} + (g_i - k_i theta_i).
 
@@ -290,66 +337,6 @@ def make_gamma_process(schedule: str = "linear", *, num_steps: int = 1000,
   sched = schedules_lib.make_schedule(schedule, num_steps=num_steps,
                                       **schedule_kwargs)
   return GammaProcess(schedule=sched, theta0=theta0)
-
-
-# ------------------------------------------------------------ the sampler
-
-
-def _full(t, x):
-  """Scalar time -> [B] vector."""
-  return jnp.full((x.shape[0],), t, jnp.float32)
-
-
-@SAMPLERS.register("ddgm")
-def ddgm(sde, eps_fn, *, clip_denoised: bool = False) -> Stepper:
-  """DDGM's reverse sampler (Algorithm 2): DDPM's mean, centred gamma noise.
-
-  From t to s < t on the chain: x0_hat = (x - sigma_t eps) / alpha_t and
-
-      x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps + c z,
-      c^2 = (sigma_t^2 - (alpha_t/alpha_s)^2 sigma_s^2) sigma_s^2 / sigma_t^2,
-
-  DDPM's posterior mean and variance (for s = t - 1/T: mu = (x - beta_t /
-  sigma_t eps) / sqrt(alpha_t), variance beta-tilde_t), with z the standardised
-  centred gamma of the marginal at s, z = (gbar_s - kbar_s theta_s) /
-  sqrt(1 - alphabar_s) (mean 0, variance 1, skewness 2 / sqrt(kbar_s)).
-
-  Args:
-    sde: the `GammaProcess` (its kbar(t) sets the noise shape).
-    eps_fn: (x [B, ...], t [B]) -> eps [B, ...].
-    clip_denoised: clip x0_hat to [-1, 1] each step.
-
-  Returns:
-    A `Stepper` for `jaxdiff.samplers.integrate`.
-  """
-  if not isinstance(sde, GammaProcess):
-    raise ValueError(
-        f"The 'ddgm' sampler needs the gamma process, got "
-        f"{type(sde).__name__}. Set config.diffusion.noise='gamma' (e.g. "
-        "configs/mnist_ddgm.py), or pass jaxdiff.gamma.make_gamma_process(...) "
-        "as the process.")
-
-  def step(state, t, s, key):
-    if "noise_sign" in state:  # known at trace time
-      raise ValueError(
-          "Antithetic draws (noise_sign) need symmetric noise; the 'ddgm' "
-          "sampler's gamma noise is skewed, so -z is not a gamma draw. Use "
-          "independent draws (antithetic=False).")
-    x = state["x"]
-    eps = eps_fn(x, _full(t, x))
-    a_t, s_t, a_s, s_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
-    x0 = (x - s_t * eps) / a_t
-    if clip_denoised:
-      x0 = jnp.clip(x0, -1.0, 1.0)
-      eps = (x - a_t * x0) / s_t
-    var_ts = s_t**2 - (a_t / a_s)**2 * s_s**2
-    c2 = var_ts * s_s**2 / s_t**2
-    kbar_s, _ = sde.gamma_params(s)
-    z = standard_gamma(key, kbar_s, x.shape, x.dtype)
-    x_s = a_s * x0 + jnp.sqrt(jnp.maximum(s_s**2 - c2, 0.0)) * eps
-    return {"x": x_s + jnp.sqrt(c2) * z}
-
-  return Stepper(lambda x: {"x": x}, step, 1)
 
 
 # ------------------------------------------------------------ the figure

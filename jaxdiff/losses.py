@@ -19,6 +19,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from jaxdiff import sde as sde_lib
+
 
 def frequency_l1(x0_hat: jax.Array, x0: jax.Array) -> jax.Array:
   """Mean |FFT2(x0_hat) - FFT2(x0)| over H, W, C, orthonormal FFT -> [B]."""
@@ -26,22 +28,15 @@ def frequency_l1(x0_hat: jax.Array, x0: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(diff), axis=(1, 2, 3))
 
 
-def _time_of_log_ratio(process, log_ratio: jax.Array,
-                       grid_size: int = 2048) -> jax.Array:
-  """t with log(sigma(t) / alpha(t)) = log_ratio, by interpolation on a grid.
+def _time_of_log_ratio(process, log_ratio: jax.Array) -> jax.Array:
+  """t with log(sigma(t) / alpha(t)) = log_ratio (`sde.time_of_ratio`).
 
-  Clamped to the process's time range; rounded up to the chain's grid i/T
-  when the process is discrete (`num_steps` set).
+  Clamped to [max(t_min, 1e-5), 1]; rounded up to the chain's grid i/T when
+  the process is discrete (`num_steps` set): at least the drawn noise.
   """
-  t_min = float(getattr(process, "t_min", 0.0))
-  num_steps = getattr(process, "num_steps", None)
-  with jax.ensure_compile_time_eval():
-    grid = jnp.linspace(max(t_min, 1e-5), 1.0, grid_size)
-    ratio = jnp.log(process.sigma(grid)) - jnp.log(process.alpha(grid))
-  t = jnp.interp(log_ratio, ratio, grid)
-  if num_steps:
-    t = jnp.clip(jnp.ceil(t * num_steps), 1, num_steps) / num_steps
-  return t
+  t_lo = max(float(getattr(process, "t_min", 0.0)), 1e-5)
+  return sde_lib.time_of_ratio(process, jnp.exp(log_ratio), snap="up",
+                               t_lo=t_lo)
 
 
 def sample_time(process, key: jax.Array, batch: int, *,

@@ -7,8 +7,9 @@ Pure functions with no dependency on the rest of jaxdiff:
   default, live in [-1, 1], so the data range is 2.
 * `feature_statistics` and `frechet_distance`: the Frechet distance between
   two Gaussians fitted to feature sets (FID-style), in numpy float64.
-* `add_clipped_gaussian_noise`: the corruption used by the denoising
-  benchmark, `clip(x + sigma * n, -1, 1)` with `n ~ N(0, I)`.
+
+The denoising protocol's measurement (`clip(x + sigma n, -1, 1)`) is
+`jaxdiff.inverse.protocol.measure`.
 """
 from __future__ import annotations
 
@@ -216,21 +217,3 @@ def frechet_distance(
   diff = mu1 - mu2
   dist = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_covmean
   return float(max(dist, 0.0))
-
-
-def add_clipped_gaussian_noise(
-    key: jax.Array, x: jax.Array, sigma: float
-) -> jax.Array:
-  """Denoising-benchmark corruption: clip(x + sigma * n, -1, 1), n ~ N(0, I).
-
-  Args:
-    key: PRNG key.
-    x: Clean images in [-1, 1], [B, H, W, C].
-    sigma: Noise standard deviation (in the [-1, 1] scale).
-
-  Returns:
-    Noisy images in [-1, 1], same shape and dtype as `x`.
-  """
-  x = _as_float(x)
-  noise = jax.random.normal(key, x.shape, x.dtype)  # [B, H, W, C]
-  return jnp.clip(x + sigma * noise, -1.0, 1.0)

@@ -1,11 +1,18 @@
 """One integrator for every sampler: a `jax.lax.scan` over a timestep grid.
 
-A sampler is a `Stepper`: `init(x) -> state` and `step(state, t, s, key) ->
-state`, moving the sample (`state["x"]`) from time t to an earlier time s > 0.
-`integrate` scans a stepper over a grid `ts` (decreasing). When the grid ends
-at 0, the last transition is the Tweedie (posterior-mean) denoising step
-`x0 = (x - sigma eps) / alpha`, shared by all samplers; for the DDPM chain that
-is exactly DDPM's final mean step.
+A sampler is a `Stepper`: `init(x) -> state` and `step(state, t, s, noise,
+eps=None) -> state`, moving the sample (`state["x"]`) from time t to an
+earlier time s > 0. `integrate` scans a stepper over a grid `ts` (decreasing).
+When the grid ends at 0, the last transition is the Tweedie (posterior-mean)
+denoising step `x0 = (x - sigma eps) / alpha`, shared by all samplers; for the
+DDPM chain that is exactly DDPM's final mean step.
+
+The step's contract: `noise` (a `Noise` built by `integrate` from
+fold_in(key, i) for step i) is its only randomness: `noise(x, t)` draws
+standardised noise shaped like x from the stepper's `draw` (Gaussian, or the
+gamma process's for "ddgm"), negated in an antithetic run. `eps`, when given,
+is the network's output at (state["x"], t) computed by the caller (DPS, inside
+its gradient); the step then skips that network call.
 
 Samplers are registered by name and built by `make_sampler(name, sde, eps_fn,
 **options)`, where `eps_fn(x [B, ...], t [B]) -> eps [B, ...]` is the network's
@@ -13,39 +20,79 @@ noise prediction with parameters (and labels, guidance) bound.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.registry import Registry
-from jaxdiff.sde import SDE, bcast
+from jaxdiff.sde import Process, time_of_ratio
 
 Array = jax.Array
 EpsFn = Callable[[Array, Array], Array]
 State = Dict[str, Any]
 
 
+class Draw(NamedTuple):
+  """A law of standardised noise: `sample(key, shape, dtype, t)` draws the
+  noise of the process's marginal at t (mean 0, variance 1; a Gaussian
+  ignores t); `symmetric`: -z is a draw too (antithetic pairs allowed)."""
+  sample: Callable[..., Array]
+  symmetric: bool = True
+
+
+GAUSSIAN = Draw(lambda key, shape, dtype, t=None: jax.random.normal(
+    key, shape, dtype))
+
+
+class Noise(NamedTuple):
+  """The randomness `integrate` hands a step: draws from the step's key
+  (fold_in(run key, i)), times `sign` (None, or a scalar, may be traced)."""
+  key: Array
+  sign: Optional[Array] = None
+  draw: Draw = GAUSSIAN
+
+  def __call__(self, x: Array, t=None, *, j: Optional[int] = None) -> Array:
+    """A draw shaped like x: from `key` itself, or from fold_in(key, j)."""
+    key = self.key if j is None else jax.random.fold_in(self.key, j)
+    z = self.draw.sample(key, x.shape, x.dtype, t)
+    return z if self.sign is None else z * self.sign
+
+  def split(self) -> Tuple["Noise", "Noise"]:
+    """Two independent sources (`jax.random.split` of the key)."""
+    a, b = jax.random.split(self.key)
+    return self._replace(key=a), self._replace(key=b)
+
+
 class Stepper(NamedTuple):
-  """A sampler as a step function of the one integrator."""
+  """A sampler as a step function of the one integrator.
+
+  Attributes:
+    init: x [B, ...] -> state (a dict holding at least "x").
+    step: (state, t, s, noise, eps=None) -> state at s (module docstring).
+    nfe_per_step: network evaluations of one step (without `eps`).
+    draw: the law of the noise `integrate` hands the step.
+  """
   init: Callable[[Array], State]
-  step: Callable[[State, Array, Array, Array], State]
+  step: Callable[..., State]
   nfe_per_step: int
+  draw: Draw = GAUSSIAN
 
 
 SAMPLERS = Registry("sampler")
 GRIDS = Registry("time grid")
 
 
-def make_sampler(name: str, sde: SDE, eps_fn: EpsFn, **options) -> Stepper:
-  """Builds a registered sampler. Options are sampler-specific (eta, snr, ...)."""
+def make_sampler(name: str, sde: Process, eps_fn: EpsFn,
+                 **options) -> Stepper:
+  """Builds a registered sampler; options are its own (eta, snr, ...)."""
   factory = SAMPLERS.get(name)
   try:
     return factory(sde, eps_fn, **options)
   except TypeError as e:
-    raise ValueError(f"Bad options {options} for sampler {name!r}: {e}") from None
+    raise ValueError(
+        f"Bad options {options} for sampler {name!r}: {e}") from None
 
 
 def _full(t, x):
@@ -57,32 +104,29 @@ def _x_only(x):
   return {"x": x}
 
 
-def gaussian_noise(state: State, key: Array, x: Array) -> Array:
-  """A sampler's N(0, I) draw for x, times the state's `noise_sign`.
-
-  `integrate(..., noise_sign=-1.0)` negates every Gaussian draw of a run, so
-  two runs with the same key and opposite signs are an antithetic pair (both
-  exact draws of the sampler; for an affine chain their mean has no Monte
-  Carlo error). Samplers keep any state entry they do not own.
-  """
-  z = jax.random.normal(key, x.shape, x.dtype)
-  return z * state["noise_sign"] if "noise_sign" in state else z
+def _eps_at(eps_fn: EpsFn, x: Array, t, eps: Optional[Array]) -> Array:
+  """The network's eps at (x, t), unless the caller computed it."""
+  return eps_fn(x, _full(t, x)) if eps is None else eps
 
 
 # ---------------------------------------------------------------- samplers
 
 
 @SAMPLERS.register("ddim")
-def ddim(sde: SDE, eps_fn: EpsFn, *, eta: float = 0.0,
-         clip_denoised: bool = False) -> Stepper:
+def ddim(sde: Process, eps_fn: EpsFn, *, eta: float = 0.0,
+         clip_denoised: bool = False, draw: Draw = GAUSSIAN) -> Stepper:
   """DDIM (Song et al. 2021) for any (alpha, sigma): eta=0 is deterministic,
-  eta=1 is the ancestral sampler (posterior variance)."""
+  eta=1 is the ancestral sampler (posterior variance).
+
+  `draw` is the law of the noise z of x_s = mean + c z, for the marginal
+  at s (Gaussian; the gamma process's for "ddgm").
+  """
   if eta < 0:
     raise ValueError(f"DDIM eta must be >= 0, got {eta}.")
 
-  def step(state, t, s, key):
+  def step(state, t, s, noise, eps=None):
     x = state["x"]
-    eps = eps_fn(x, _full(t, x))
+    eps = _eps_at(eps_fn, x, t, eps)
     a_t, s_t, a_s, s_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
     x0 = (x - s_t * eps) / a_t
     if clip_denoised:
@@ -91,28 +135,43 @@ def ddim(sde: SDE, eps_fn: EpsFn, *, eta: float = 0.0,
     a_ts = a_t / a_s
     var_ts = s_t**2 - a_ts**2 * s_s**2          # q(x_t | x_s) variance
     c2 = eta**2 * var_ts * s_s**2 / s_t**2      # posterior variance * eta^2
-    z = gaussian_noise(state, key, x)
+    z = noise(x, s)
     x_s = a_s * x0 + jnp.sqrt(jnp.maximum(s_s**2 - c2, 0.0)) * eps
     return dict(state, x=x_s + jnp.sqrt(c2) * z)
 
-  return Stepper(_x_only, step, 1)
+  return Stepper(_x_only, step, 1, draw)
 
 
 @SAMPLERS.register("ddpm")
-def ancestral(sde: SDE, eps_fn: EpsFn, *, clip_denoised: bool = False):
+def ancestral(sde: Process, eps_fn: EpsFn, *, clip_denoised: bool = False):
   """DDPM ancestral sampling: x_s ~ q(x_s | x_t, x0_hat) (DDIM with eta=1)."""
   return ddim(sde, eps_fn, eta=1.0, clip_denoised=clip_denoised)
 
 
+@SAMPLERS.register("ddgm")
+def ddgm(sde: Process, eps_fn: EpsFn, *,
+         clip_denoised: bool = False) -> Stepper:
+  """DDGM's reverse sampler (Nachmani et al. 2021, Algorithm 2): the DDPM
+  step with the process's own noise draw (`jaxdiff.gamma.GammaProcess`)."""
+  draw = getattr(sde, "noise_draw", None)
+  if draw is None:
+    raise ValueError(
+        f"The 'ddgm' sampler needs the gamma process, got "
+        f"{type(sde).__name__}. Set config.diffusion.noise='gamma' (e.g. "
+        "configs/mnist_ddgm.py), or pass jaxdiff.gamma.make_gamma_process(...) "
+        "as the process.")
+  return ddim(sde, eps_fn, eta=1.0, clip_denoised=clip_denoised, draw=draw)
+
+
 @SAMPLERS.register("euler_maruyama")
-def euler_maruyama(sde: SDE, eps_fn: EpsFn) -> Stepper:
+def euler_maruyama(sde: Process, eps_fn: EpsFn) -> Stepper:
   """Euler-Maruyama on the reverse SDE dx = [f x - g^2 score] dt + g dW."""
 
-  def step(state, t, s, key):
+  def step(state, t, s, noise, eps=None):
     x = state["x"]
-    score = sde.eps_to_score(eps_fn(x, _full(t, x)), t)
+    score = sde.eps_to_score(_eps_at(eps_fn, x, t, eps), t)
     drift = sde.f(t) * x - sde.g2(t) * score
-    z = gaussian_noise(state, key, x)
+    z = noise(x, s)
     return dict(state,
                 x=x + drift * (s - t) + jnp.sqrt(sde.g2(t) * (t - s)) * z)
 
@@ -120,19 +179,19 @@ def euler_maruyama(sde: SDE, eps_fn: EpsFn) -> Stepper:
 
 
 @SAMPLERS.register("pc")
-def predictor_corrector(sde: SDE, eps_fn: EpsFn, *, snr: float = 0.16,
+def predictor_corrector(sde: Process, eps_fn: EpsFn, *, snr: float = 0.16,
                         corrector_steps: int = 1) -> Stepper:
   """Euler-Maruyama predictor + Langevin corrector (Song et al. 2021)."""
   predictor = euler_maruyama(sde, eps_fn)
 
-  def step(state, t, s, key):
-    key, pkey = jax.random.split(key)
-    x = predictor.step(state, t, s, pkey)["x"]
+  def step(state, t, s, noise, eps=None):
+    corrector_noise, predictor_noise = noise.split()
+    x = predictor.step(state, t, s, predictor_noise, eps)["x"]
     # Corrector step size scale: 1 - beta_i for VP (alpha ratio^2), 1 for VE.
     ratio = (sde.alpha(t) / sde.alpha(s))**2
     for i in range(corrector_steps):
       score = sde.eps_to_score(eps_fn(x, _full(s, x)), s)
-      z = gaussian_noise(state, jax.random.fold_in(key, i), x)
+      z = corrector_noise(x, s, j=i)
       axes = tuple(range(1, x.ndim))
       g_norm = jnp.sqrt(jnp.mean(jnp.sum(score**2, axes)))
       z_norm = jnp.sqrt(jnp.mean(jnp.sum(z**2, axes)))
@@ -146,31 +205,31 @@ def predictor_corrector(sde: SDE, eps_fn: EpsFn, *, snr: float = 0.16,
   return Stepper(_x_only, step, 1 + corrector_steps)
 
 
-def _ode_drift(sde, eps_fn, x, t):
-  score = sde.eps_to_score(eps_fn(x, _full(t, x)), t)
+def _ode_drift(sde, eps_fn, x, t, eps=None):
+  score = sde.eps_to_score(_eps_at(eps_fn, x, t, eps), t)
   return sde.f(t) * x - 0.5 * sde.g2(t) * score
 
 
 @SAMPLERS.register("euler")
-def euler_ode(sde: SDE, eps_fn: EpsFn) -> Stepper:
+def euler_ode(sde: Process, eps_fn: EpsFn) -> Stepper:
   """Euler on the probability-flow ODE (first order)."""
 
-  def step(state, t, s, key):
-    del key
+  def step(state, t, s, noise, eps=None):
+    del noise
     x = state["x"]
-    return dict(state, x=x + _ode_drift(sde, eps_fn, x, t) * (s - t))
+    return dict(state, x=x + _ode_drift(sde, eps_fn, x, t, eps) * (s - t))
 
   return Stepper(_x_only, step, 1)
 
 
 @SAMPLERS.register("heun")
-def heun_ode(sde: SDE, eps_fn: EpsFn) -> Stepper:
+def heun_ode(sde: Process, eps_fn: EpsFn) -> Stepper:
   """Heun (explicit trapezoid) on the probability-flow ODE (second order)."""
 
-  def step(state, t, s, key):
-    del key
+  def step(state, t, s, noise, eps=None):
+    del noise
     x = state["x"]
-    d1 = _ode_drift(sde, eps_fn, x, t)
+    d1 = _ode_drift(sde, eps_fn, x, t, eps)
     x_euler = x + d1 * (s - t)
     d2 = _ode_drift(sde, eps_fn, x_euler, s)
     return dict(state, x=x + 0.5 * (d1 + d2) * (s - t))
@@ -179,7 +238,7 @@ def heun_ode(sde: SDE, eps_fn: EpsFn) -> Stepper:
 
 
 @SAMPLERS.register("dpm_solver_pp")
-def dpm_solver_pp_2m(sde: SDE, eps_fn: EpsFn, *,
+def dpm_solver_pp_2m(sde: Process, eps_fn: EpsFn, *,
                      clip_denoised: bool = False) -> Stepper:
   """DPM-Solver++(2M) (Lu et al. 2022): multistep, data prediction.
 
@@ -192,17 +251,18 @@ def dpm_solver_pp_2m(sde: SDE, eps_fn: EpsFn, *,
     return {"x": x, "x0_prev": jnp.zeros_like(x), "h_prev": jnp.zeros(()),
             "first": jnp.ones((), bool)}
 
-  def step(state, t, s, key):
-    del key
+  def step(state, t, s, noise, eps=None):
+    del noise
     x = state["x"]
-    eps = eps_fn(x, _full(t, x))
+    eps = _eps_at(eps_fn, x, t, eps)
     a_t, s_t, a_s, s_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
     x0 = (x - s_t * eps) / a_t
     if clip_denoised:
       x0 = jnp.clip(x0, -1.0, 1.0)
     h = jnp.log(a_s / s_s) - jnp.log(a_t / s_t)
     r = state["h_prev"] / h
-    inv2r = jnp.where(state["first"], 0.0, 0.5 / jnp.where(state["first"], 1.0, r))
+    first = state["first"]
+    inv2r = jnp.where(first, 0.0, 0.5 / jnp.where(first, 1.0, r))
     d = (1 + inv2r) * x0 - inv2r * state["x0_prev"]
     x_s = (s_s / s_t) * x - a_s * jnp.expm1(-h) * d
     return dict(state, x=x_s, x0_prev=x0, h_prev=h,
@@ -214,21 +274,15 @@ def dpm_solver_pp_2m(sde: SDE, eps_fn: EpsFn, *,
 # ---------------------------------------------------------------- time grids
 
 
-def _t_of_sigma_ratio(sde: SDE, ratios: np.ndarray, t_lo, t_hi) -> np.ndarray:
-  """Inverts the monotone noise-to-signal ratio sigma/alpha by bisection."""
-  f = lambda t: np.asarray(sde.sigma(t) / sde.alpha(t), np.float64)
+def _times_of_ratios(sde: Process, ratios: np.ndarray, t_lo) -> np.ndarray:
+  """`time_of_ratio` (no snapping) of the grid's sigma/alpha values [N]."""
   n = len(ratios)
-  # Pad to a power-of-two bucket: the eager jnp ops in f compile once per
-  # shape, so a new `steps` would otherwise cost ~0.5 s of compilation.
+  # Pad to a power-of-two bucket: the eager bisection compiles once per
+  # shape, so a new `steps` would otherwise cost a compilation.
   ratios = np.pad(ratios, (0, max(64, 1 << (n - 1).bit_length()) - n),
                   mode="edge")
-  lo = np.full_like(ratios, t_lo)
-  hi = np.full_like(ratios, t_hi)
-  for _ in range(60):
-    mid = 0.5 * (lo + hi)
-    up = f(jnp.asarray(mid, jnp.float32)) < ratios
-    lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
-  return (0.5 * (lo + hi))[:n]
+  ts = time_of_ratio(sde, ratios, snap="none", t_lo=t_lo)
+  return np.asarray(ts, np.float64)[:n]
 
 
 @GRIDS.register("uniform")
@@ -250,7 +304,7 @@ def _karras(sde, steps, t_max, t_min, rho):
   r = lambda t: float(sde.sigma(t) / sde.alpha(t))
   lo, hi = r(t_min) ** (1 / rho), r(t_max) ** (1 / rho)
   ratios = np.linspace(hi, lo, steps) ** rho
-  ts = _t_of_sigma_ratio(sde, ratios, t_min, t_max)
+  ts = _times_of_ratios(sde, ratios, t_min)
   ts[-1], ts[0] = t_min, t_max  # in this order: steps=1 gives [t_max].
   return ts
 
@@ -261,12 +315,12 @@ def _logsnr(sde, steps, t_max, t_min, rho):
   del rho
   lam = lambda t: float(np.log(sde.alpha(t)) - np.log(sde.sigma(t)))
   lams = np.linspace(lam(t_max), lam(t_min), steps)
-  ts = _t_of_sigma_ratio(sde, np.exp(-lams), t_min, t_max)
+  ts = _times_of_ratios(sde, np.exp(-lams), t_min)
   ts[-1], ts[0] = t_min, t_max  # in this order: steps=1 gives [t_max].
   return ts
 
 
-def time_grid(sde: SDE, steps: int, *, kind: str = "uniform",
+def time_grid(sde: Process, steps: int, *, kind: str = "uniform",
               t_max: float = 1.0, t_min: Optional[float] = None,
               end_at_zero: bool = True, rho: float = 7.0) -> np.ndarray:
   """A decreasing grid of network-evaluation times, plus 0 at the end.
@@ -308,7 +362,7 @@ def time_grid(sde: SDE, steps: int, *, kind: str = "uniform",
 
 
 def integrate(stepper: Stepper, x_init: Array, ts, key: Array, *,
-              sde: Optional[SDE] = None, eps_fn: Optional[EpsFn] = None,
+              sde: Optional[Process] = None, eps_fn: Optional[EpsFn] = None,
               trajectory_every: int = 0, noise_sign: Optional[Any] = None):
   """Runs a stepper over the grid ts with one `lax.scan`.
 
@@ -317,12 +371,12 @@ def integrate(stepper: Stepper, x_init: Array, ts, key: Array, *,
     x_init: [B, ...] starting sample at ts[0].
     ts: [N] decreasing times. If ts[-1] == 0 the last transition is the
       Tweedie denoising step, which needs `sde` and `eps_fn`.
-    key: PRNG key; step i uses fold_in(key, i).
+    key: PRNG key; step i draws its noise from fold_in(key, i).
     trajectory_every: if k > 0, also return x after every k-th transition
       (and the initial x) as [N_saved, B, ...].
-    noise_sign: None, or a scalar (+1 / -1, may be traced) that multiplies
-      every Gaussian draw of the steps (`gaussian_noise`): the runs with
-      +1 and -1 and the same key form an antithetic pair.
+    noise_sign: None, or a scalar (+1 / -1, may be traced) multiplying
+      every draw: the runs with +1 and -1 and one key form an antithetic
+      pair (for an affine chain their mean has no Monte Carlo error).
 
   Returns:
     x [B, ...] at ts[-1], or (x, trajectory) when trajectory_every > 0.
@@ -332,17 +386,23 @@ def integrate(stepper: Stepper, x_init: Array, ts, key: Array, *,
   if final_denoise and (sde is None or eps_fn is None):
     raise ValueError("A grid ending at t=0 needs sde and eps_fn for the final "
                      "denoising step.")
+  if noise_sign is not None and not stepper.draw.symmetric:
+    raise ValueError(
+        "Antithetic draws (noise_sign) need symmetric noise; this sampler's "
+        "noise is skewed (e.g. 'ddgm': gamma), so -z is not a draw. Use "
+        "independent draws (antithetic=False).")
+  if noise_sign is not None:
+    noise_sign = jnp.asarray(noise_sign, x_init.dtype)
   grid = ts[:-1] if final_denoise else ts
   n = grid.shape[0] - 1
   pairs = (grid[:-1], grid[1:], jnp.arange(n))
 
   def body(state, inp):
     t, s, i = inp
-    return stepper.step(state, t, s, jax.random.fold_in(key, i)), None
+    noise = Noise(jax.random.fold_in(key, i), noise_sign, stepper.draw)
+    return stepper.step(state, t, s, noise), None
 
   state = stepper.init(x_init)
-  if noise_sign is not None:
-    state = dict(state, noise_sign=jnp.asarray(noise_sign, x_init.dtype))
   traj = [x_init]
   if trajectory_every > 0:
     k = trajectory_every
@@ -374,7 +434,7 @@ def nfe(stepper: Stepper, ts) -> int:
   return stepper.nfe_per_step * (len(ts) - 1 - final) + final
 
 
-def sample(name: str, sde: SDE, eps_fn: EpsFn, key: Array, shape, *,
+def sample(name: str, sde: Process, eps_fn: EpsFn, key: Array, shape, *,
            steps: int, grid: str = "uniform", trajectory_every: int = 0,
            x_init: Optional[Array] = None, t_max: float = 1.0, **options):
   """Draws samples: prior at t_max, then `integrate` the named sampler.

@@ -7,7 +7,9 @@ Every SDE here has a Gaussian perturbation kernel
 and linear drift `dx = f(t) x dt + g(t) dW`, where f = d log(alpha)/dt and
 g^2 = d sigma^2/dt - 2 f sigma^2. Samplers only need (alpha, sigma, f, g^2), so
 one integrator serves all three. The discrete DDPM chain is the VP-SDE with a
-`DiscreteSchedule`, evaluated on the grid t = i/T.
+`DiscreteSchedule`, evaluated on the grid t = i/T. `Process` is that
+interface without the Gaussian law (the DDGM gamma chain is one); the
+Gaussian-only methods ask `check_gaussian`.
 
 Networks predict noise eps; `score = -eps / sigma` and the Tweedie estimate
 `x0 = (x - sigma eps) / alpha` convert between parameterisations.
@@ -38,8 +40,13 @@ def bcast(t: Array, x: Array) -> Array:
   return t.reshape(t.shape + (1,) * (x.ndim - t.ndim))
 
 
-class SDE:
-  """Base class. Subclasses define alpha, sigma, f and g2 as functions of t."""
+class Process:
+  """What samplers need of a forward process x_t = alpha(t) x_0 + sigma(t) n.
+
+  Subclasses define alpha, sigma, f and g2 as functions of t; the noise n
+  has mean 0 and variance 1 (Gaussian for an `SDE`, a centred gamma for
+  `jaxdiff.gamma.GammaProcess`).
+  """
 
   t_min: float = 1e-3  # smallest training time for continuous SDEs.
 
@@ -57,7 +64,7 @@ class SDE:
     """Squared diffusion coefficient g(t)^2."""
     raise NotImplementedError
 
-  # Derived quantities, shared by all SDEs.
+  # Derived quantities, shared by all processes.
   def sde(self, x: Array, t: Array):
     """Forward SDE: returns (drift [B, ...], diffusion g [B, 1, ...])."""
     return bcast(self.f(t), x) * x, bcast(jnp.sqrt(self.g2(t)), x)
@@ -66,21 +73,8 @@ class SDE:
     """Mean and std of x_t | x_0."""
     return bcast(self.alpha(t), x0) * x0, bcast(self.sigma(t), x0)
 
-  def perturb(self, key, x0: Array, t: Array):
-    """Draws x_t ~ q(x_t | x_0); returns (x_t, noise)."""
-    noise = jax.random.normal(key, x0.shape, x0.dtype)
-    mean, std = self.marginal_prob(x0, t)
-    return mean + std * noise, noise
-
   def log_snr(self, t):
     return 2.0 * (jnp.log(self.alpha(t)) - jnp.log(self.sigma(t)))
-
-  @property
-  def prior_std(self) -> float:
-    return 1.0
-
-  def prior_sample(self, key, shape, dtype=jnp.float32) -> Array:
-    return self.prior_std * jax.random.normal(key, shape, dtype)
 
   def reverse_drift(self, score_fn: ScoreFn, x: Array, t: Array, *,
                     probability_flow: bool = False) -> Array:
@@ -99,13 +93,50 @@ class SDE:
   def eps_to_x0(self, x: Array, eps: Array, t: Array) -> Array:
     return (x - bcast(self.sigma(t), x) * eps) / bcast(self.alpha(t), x)
 
+  def time_of_ratio(self, ratio, *, snap: str = "none", t_lo: float = 0.0):
+    """The t with sigma(t) / alpha(t) = ratio; see `time_of_ratio`."""
+    return time_of_ratio(self, ratio, snap=snap, t_lo=t_lo)
+
+
+class SDE(Process):
+  """A Gaussian process: x_t | x_0 ~ N(alpha(t) x_0, sigma(t)^2 I)."""
+
+  def perturb(self, key, x0: Array, t: Array):
+    """Draws x_t ~ q(x_t | x_0); returns (x_t, noise)."""
+    noise = jax.random.normal(key, x0.shape, x0.dtype)
+    mean, std = self.marginal_prob(x0, t)
+    return mean + std * noise, noise
+
+  @property
+  def prior_std(self) -> float:
+    return 1.0
+
+  def prior_sample(self, key, shape, dtype=jnp.float32) -> Array:
+    return self.prior_std * jax.random.normal(key, shape, dtype)
+
   def sample_time(self, key, batch: int) -> Array:
     """Training times t [B]: uniform on [t_min, 1]."""
     return jax.random.uniform(key, (batch,), minval=self.t_min, maxval=1.0)
 
-  def time_of_ratio(self, ratio, *, snap: str = "none", t_lo: float = 0.0):
-    """The t with sigma(t) / alpha(t) = ratio; see `time_of_ratio`."""
-    return time_of_ratio(self, ratio, snap=snap, t_lo=t_lo)
+
+def is_gaussian(process) -> bool:
+  """Whether x_t | x_0 is Gaussian (an `SDE`), as the Gaussian-only methods
+  (Tweedie from y = x + sigma n, DPS, the matched start) assume."""
+  return isinstance(process, SDE)
+
+
+def check_gaussian(process, what: str) -> None:
+  """Raises a one-line ValueError when `process` is not Gaussian.
+
+  Args:
+    process: the forward process.
+    what: what needs Gaussian noise, e.g. "DPS"; starts the message.
+  """
+  if not is_gaussian(process):
+    raise ValueError(
+        f"{what} assumes Gaussian noise, but the process "
+        f"{type(process).__name__} is not Gaussian; use a model trained with "
+        "config.diffusion.noise='gaussian'.")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -68,7 +68,8 @@ def sampling_mesh(batch_size: int) -> Optional[jax.sharding.Mesh]:
 def make_sample_fn(s: Settings, apply_fn: Callable, process, *,
                    method: Optional[str] = None, steps: Optional[int] = None,
                    batch_size: Optional[int] = None,
-                   mesh: Optional[jax.sharding.Mesh] = None) -> Callable:
+                   mesh: Optional[jax.sharding.Mesh] = None,
+                   trajectory_every: int = 0) -> Callable:
   """jitted (params, key, labels) -> images [B, H, W, C] in [-1, 1].
 
   Args:
@@ -77,6 +78,8 @@ def make_sample_fn(s: Settings, apply_fn: Callable, process, *,
     process: the forward process.
     method, steps, batch_size: override `s.sampling`'s.
     mesh: split the batch over this mesh's devices (params replicated).
+    trajectory_every: k > 0: return (images, trajectory [F, B, H, W, C]),
+      x saved every k steps (`samplers.integrate`); give no mesh then.
   """
   sc = s.sampling
   method = method or sc.method
@@ -96,7 +99,8 @@ def make_sample_fn(s: Settings, apply_fn: Callable, process, *,
         apply_fn, params, labels=labels if conditional else None,
         num_classes=s.data.num_classes, guidance_scale=sc.guidance_scale)
     return samplers.sample(method, process, eps_fn, key, shape, steps=steps,
-                           grid=sc.grid, **options)
+                           grid=sc.grid, trajectory_every=trajectory_every,
+                           **options)
 
   return sample_fn
 

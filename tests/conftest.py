@@ -13,7 +13,7 @@ if ROOT not in sys.path:
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
-@pytest.fixture(name="real_data_dir")
+@pytest.fixture(scope="session", name="real_data_dir")
 def fixture_real_data_dir() -> str:
   """The real data sets: $JAXDIFF_TEST_DATA_DIR, else <repo>/../shared/data."""
   path = os.environ.get("JAXDIFF_TEST_DATA_DIR")

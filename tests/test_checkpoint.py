@@ -31,9 +31,10 @@ def _abstract(hidden=None):
   config = mnist_ddpm.get_config("tiny")
   if hidden is not None:
     config.model.kwargs.hidden = hidden
-  model = config_lib.build_model(config)
-  tx = train.make_optimizer(config.training)
-  return train.abstract_state(model, tx, train.image_shape(config))
+  s = config_lib.typed(config)
+  tx = train.make_optimizer(s.training)
+  return train.abstract_state(config_lib.build_model(s), tx,
+                              s.data.image_shape)
 
 
 @pytest.fixture(scope="module", name="target")
@@ -194,6 +195,7 @@ _KILL_MID_SAVE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_9_during_save_keeps_previous_checkpoint(tmp_path):
   n = 16_000_000  # 3 x 64 MB to write: the kill lands before the commit.
   directory = str(tmp_path / "ckpt")

@@ -1,6 +1,7 @@
 """Tests for jaxdiff.classifier: the diffusion classifier on Gaussian blobs
-with an exact per-class eps, pruning, shared pairs, Tweedie denoising with and
-without the label, and the classify / sample modes end to end."""
+with an exact per-class eps, pruning, shared pairs, the batched runner and
+its timing curve, Tweedie denoising with and without the label, and the
+classify / sample modes end to end (slow)."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,8 @@ from jaxdiff import classifier
 from jaxdiff import run as run_lib
 from jaxdiff import samplers
 from jaxdiff import sde as sde_lib
+from jaxdiff import settings as settings_lib
+from jaxdiff.modes import classify as classify_mode
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -154,8 +157,24 @@ def test_pruning_keeps_true_class_and_matches_full_errors(vp):
   np.testing.assert_allclose(
       pruned.final_errors,
       np.take_along_axis(np.asarray(full.errors), cand, axis=1), rtol=1e-5)
-  assert classifier.network_evaluations(K, classifier.ClassifyOptions(
+  assert classifier.network_evaluations(K, settings_lib.ClassifySettings(
       num_pairs=n1, prune_top_k=2, num_pairs_pruned=n2)) == K * n1 + 2 * n2
+  assert classifier.network_evaluations(K, settings_lib.ClassifySettings(
+      num_pairs=n1, num_pairs_pruned=0)) == K * n1
+
+
+def test_gamma_process_is_refused():
+  from jaxdiff import gamma  # pylint: disable=g-import-not-at-top
+  process = gamma.make_gamma_process("linear", num_steps=100, theta0=1e-3)
+  with pytest.raises(ValueError, match="diffusion classifier assumes "
+                     "Gaussian noise.*noise='gaussian'"):
+    classifier.make_classify_fn(_blob_apply_fn(process), process, K,
+                                num_pairs=2)
+  with pytest.raises(ValueError, match="Gaussian"):
+    classifier.label_vs_null_denoising(
+        _blob_apply_fn(process), PARAMS, process,
+        np.zeros((2, *SHAPE), np.uint8), np.zeros(2, int), sigma_noise=0.2,
+        num_classes=K, key=jax.random.key(0), batch_size=2)
 
 
 def test_pairs_shared_across_classes(vp):
@@ -177,32 +196,101 @@ def test_pairs_shared_across_classes(vp):
                              rtol=1e-5)
 
 
+def test_settings_pairs_cover_classification_and_timing(vp):
+  cs = settings_lib.ClassifySettings(num_pairs=3, prune_top_k=2,
+                                     num_pairs_pruned=4, timing_pairs="2,5",
+                                     seed=4, weighting="elbo")
+  pairs = classifier.settings_pairs(vp, cs, SHAPE)
+  assert pairs.t.shape == (7,) and pairs.noise.shape == (7, *SHAPE)
+  small = classifier.make_pairs(vp, jax.random.key(4), 5, SHAPE,
+                                weighting="elbo")
+  np.testing.assert_array_equal(pairs.slice(0, 5).noise, small.noise)
+  np.testing.assert_array_equal(pairs.slice(0, 5).weight, small.weight)
+  longer = classifier.settings_pairs(
+      vp, settings_lib.ClassifySettings(num_pairs=3, timing_pairs="9",
+                                        seed=4, weighting="elbo"), SHAPE)
+  assert longer.t.shape == (9,)
+
+
+def _blob_uint8(per_class, seed):
+  x, labels = _blob_samples(per_class, seed=seed)
+  images = np.clip(np.round((np.asarray(x) + 1) * 127.5), 0, 255)
+  return images.astype(np.uint8), labels
+
+
+def test_run_classifier_batches_like_one_call(vp):
+  images, labels = _blob_uint8(5, seed=6)                  # 20 images
+  pairs = classifier.make_pairs(vp, jax.random.key(2), 8, SHAPE)
+  fn = classifier.make_classify_fn(_blob_apply_fn(vp), vp, K, num_pairs=8)
+  seen = []
+
+  def progress(batches, num_images, batch_size):
+    seen.append((len(batches), num_images, batch_size))
+    return batches
+
+  res = classifier.run_classifier(fn, PARAMS, images, pairs, 6,
+                                  progress=progress)
+  assert seen == [(4, 20, 6)]  # 6 + 6 + 6 + 2 (padded) images.
+  x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+  whole = fn(PARAMS, x, pairs)
+  np.testing.assert_array_equal(res["pred"], whole.pred)
+  np.testing.assert_allclose(res["errors"], whole.errors, rtol=1e-5)
+  assert res["seconds"] > 0 and res["compile_seconds"] > 0
+  assert np.mean(res["pred"] == labels) >= 0.9
+
+
+def test_timing_curve_counts_pairs_and_accuracy(vp):
+  images, labels = _blob_uint8(3, seed=7)                  # 12 images
+  pairs = classifier.make_pairs(vp, jax.random.key(3), 6, SHAPE)
+  apply_fn = _blob_apply_fn(vp)
+  curve = classifier.timing_curve(apply_fn, PARAMS, vp, images, labels, pairs,
+                                  K, counts=[2, 6], batch_size=50)
+  assert [c["num_pairs"] for c in curve] == [2, 6]
+  assert all(c["num_images"] == 12 and c["seconds_per_image"] > 0
+             for c in curve)
+  for c in curve:
+    fn = classifier.make_classify_fn(apply_fn, vp, K,
+                                     num_pairs=c["num_pairs"])
+    pred = classifier.run_classifier(
+        fn, PARAMS, images, pairs.slice(0, c["num_pairs"]), 12)["pred"]
+    assert c["accuracy"] == pytest.approx(np.mean(pred == labels))
+
+
 def test_confusion_matrix():
   cm = classifier.confusion_matrix(np.array([0, 0, 1, 2, 2]),
                                    np.array([0, 1, 1, 2, 0]), 3)
   np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 1, 0], [1, 0, 1]])
+  summary = classifier.accuracy_summary(np.pad(cm, ((0, 1), (0, 1))))
+  assert summary["accuracy"] == pytest.approx(3 / 5)
+  assert summary["per_class_accuracy"] == [0.5, 1.0, 0.5, None]
 
 
 # ------------------------------------------------- denoising with the label
 
 
-def test_time_of_noise_level_vp_linear(vp):
+def test_noise_level_time_vp_linear(vp, chain):
   for s in (0.1, 0.5, 2.0):
-    t = classifier.time_of_noise_level(vp, s)
+    t = classifier.noise_level_time(vp, s)
     # sigma^2 / alpha^2 = exp(int_beta) - 1 = s^2, int_beta quadratic in t.
     c = math.log1p(s**2)
     a, b = 0.5 * (20.0 - 0.1), 0.1
+    assert isinstance(t, float)
     assert t == pytest.approx((-b + math.sqrt(b * b + 4 * a * c)) / (2 * a),
                               rel=1e-5)
-  with pytest.raises(ValueError, match="denoise_sigma.*choose a value"):
-    classifier.time_of_noise_level(vp, 1e4)
+  with pytest.raises(ValueError, match="denoise_sigma=10000.0: .*outside.*choose 0"):
+    classifier.noise_level_time(vp, 1e4)
+  # On a chain the time is not snapped to a step i / T.
+  t = classifier.noise_level_time(chain, 0.2)
+  assert abs(t * 1000 - round(t * 1000)) > 1e-3
+  np.testing.assert_allclose(float(chain.sigma(t) / chain.alpha(t)), 0.2,
+                             rtol=1e-4)
 
 
 def test_tweedie_with_and_without_label_is_exact(vp):
   x, labels = _blob_samples(5, seed=4)
   s = 0.3
   noisy = x + s * jax.random.normal(jax.random.key(0), x.shape)
-  t = classifier.time_of_noise_level(vp, s)
+  t = classifier.noise_level_time(vp, s)
   with_label, null = jax.jit(
       lambda p, x, y: classifier.tweedie_with_and_without_label(
           _blob_apply_fn(vp), p, vp, x, y, t, K))(PARAMS, noisy,
@@ -220,11 +308,9 @@ def test_tweedie_with_and_without_label_is_exact(vp):
       np.einsum("bk,bkhwc->bhwc", w, post), -1, 1), atol=2e-4)
 
 
-def test_denoise_comparison_label_helps(vp):
-  x, labels = _blob_samples(6, seed=5)
-  images = np.clip(np.round((np.asarray(x) + 1) * 127.5), 0, 255).astype(
-      np.uint8)
-  out = classifier.denoise_comparison(
+def test_label_vs_null_denoising_label_helps(vp):
+  images, labels = _blob_uint8(6, seed=5)
+  out = classifier.label_vs_null_denoising(
       _blob_apply_fn(vp), PARAMS, vp, images, labels, sigma_noise=2.0,
       num_classes=K, key=jax.random.key(0), batch_size=10)
   assert out["psnr_label"].shape == (len(labels),)
@@ -233,6 +319,12 @@ def test_denoise_comparison_label_helps(vp):
   assert np.mean(out["psnr_noisy"]) == pytest.approx(0.0, abs=0.5)
   assert np.mean(out["psnr_label"]) > np.mean(out["psnr_null"]) > np.mean(
       out["psnr_noisy"])
+  assert out["t"] == classifier.noise_level_time(vp, 2.0)
+  # The images come back in their order, whatever the batch size.
+  again = classifier.label_vs_null_denoising(
+      _blob_apply_fn(vp), PARAMS, vp, images, labels, sigma_noise=2.0,
+      num_classes=K, key=jax.random.key(0), batch_size=7)
+  np.testing.assert_allclose(again["label"], out["label"], atol=1e-6)
 
 
 def test_guided_eps_of_model_eps_fn(vp):
@@ -256,18 +348,17 @@ def test_guided_eps_of_model_eps_fn(vp):
 # ------------------------------------------------------------------ options
 
 
-def test_options_defaults_and_errors():
-  from configs import mnist_ddpm  # pylint: disable=g-import-not-at-top
-  assert classifier.options_from_config(mnist_ddpm.get_config()) == (
-      classifier.ClassifyOptions())
+def test_check_settings_errors():
+  cs = settings_lib.ClassifySettings
+  assert classifier.check_settings(cs(), 10) == cs()
   with pytest.raises(ValueError, match=r"prune_top_k=11 must be in \[0, 10\]"):
-    classifier.ClassifyOptions(prune_top_k=11).validate(10)
+    classifier.check_settings(cs(prune_top_k=11), 10)
   with pytest.raises(ValueError, match="set --config.classify.prune_top_k"):
-    classifier.ClassifyOptions(num_pairs_pruned=5).validate(10)
+    classifier.check_settings(cs(num_pairs_pruned=5), 10)
   with pytest.raises(ValueError, match="Unknown time weighting 'snr'.*elbo"):
-    classifier.ClassifyOptions(weighting="snr").validate(10)
+    classifier.check_settings(cs(weighting="snr"), 10)
   with pytest.raises(ValueError, match="comma-separated integers"):
-    classifier.ClassifyOptions(timing_pairs="10;20").validate(10)
+    classifier.check_settings(cs(timing_pairs="10;20"), 10)
 
 
 # -------------------------------------------------------------- end to end
@@ -285,6 +376,7 @@ def fixture_trained(tmp_path_factory):
   return config, workdir
 
 
+@pytest.mark.slow
 def test_classify_mode_end_to_end(trained):
   config, workdir = trained
   run_lib.main(config, workdir, "classify")
@@ -307,6 +399,7 @@ def test_classify_mode_end_to_end(trained):
       assert img.format == "PNG" and min(img.size) > 100
 
 
+@pytest.mark.slow
 def test_sample_mode_one_row_per_class(trained):
   config, workdir = trained
   run_lib.main(config, workdir, "sample")
@@ -326,9 +419,10 @@ def test_sample_mode_one_row_per_class(trained):
 def test_classify_mode_needs_conditional(tmp_path):
   from configs import mnist_ddpm  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="conditional=True"):
-    classifier.classify_mode(mnist_ddpm.get_config("tiny"), str(tmp_path))
+    classify_mode.run(mnist_ddpm.get_config("tiny"), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_cifar10_tiny_end_to_end(real_data_dir, tmp_path):
   from configs import cifar10  # pylint: disable=g-import-not-at-top
   config = cifar10.get_config("tiny")

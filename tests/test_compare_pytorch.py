@@ -10,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxdiff import config as config_lib
@@ -35,7 +36,7 @@ def _flax_params(config, seed=0):
   would compile it). Every leaf is random, so the U-Net's zero-initialised
   output layers do not make the outputs trivially equal."""
   model = config_lib.build_model(config)
-  shape = train_lib.image_shape(config)
+  shape = config_lib.typed(config).data.image_shape
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1,)))["params"])
   rng = np.random.default_rng(seed)
@@ -68,7 +69,7 @@ def _nchw(x):
 def test_parameter_counts_equal(bench, spec, expected):
   config = bench.load_config(spec)
   model = config_lib.build_model(config)
-  shape = train_lib.image_shape(config)
+  shape = config_lib.typed(config).data.image_shape
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1,)))["params"])
   n_flax = train_lib.count_params(shapes)
@@ -98,7 +99,8 @@ def test_forward_outputs_agree_with_copied_weights(bench, spec, overrides):
   torch_model = bench.build_torch_model(config).eval()
   bench.load_flax_params(torch_model, params)
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(2, *train_lib.image_shape(config))).astype(np.float32)
+  shape = config_lib.typed(config).data.image_shape
+  x = rng.normal(size=(2, *shape)).astype(np.float32)
   t = np.array([0.1, 0.7], np.float32)
   want = jax.jit(model.apply)({"params": params}, jnp.asarray(x),
                               jnp.asarray(t))
@@ -178,7 +180,7 @@ def test_training_loss_and_gradient_agree(bench, spec, overrides):
   model, params = _flax_params(config)
   process = config_lib.build_process(config)
   rng = np.random.default_rng(1)
-  shape = (3, *train_lib.image_shape(config))
+  shape = (3, *config_lib.typed(config).data.image_shape)
   x0 = rng.uniform(-1, 1, shape).astype(np.float32)
   eps = rng.normal(size=shape).astype(np.float32)
   t = np.array([0.05, 0.5, 0.95], np.float32)
@@ -192,7 +194,7 @@ def test_training_loss_and_gradient_agree(bench, spec, overrides):
         freq_weighting=tc.freq_weighting, train=False)[0]
 
   want_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
-  want_norm = float(train_lib.optax.tree.norm(grads))
+  want_norm = float(optax.tree.norm(grads))
 
   torch_model = bench.build_torch_model(config).eval()  # dropout off
   bench.load_flax_params(torch_model, params)

@@ -691,6 +691,7 @@ def test_real_organamnist(real_data_dir):
   np.testing.assert_array_equal(small.labels, full.labels)
 
 
+@pytest.mark.slow
 def test_real_cifar10_jpeg(real_data_dir):
   test = data.load("cifar10", "test", data_dir=real_data_dir)
   assert test.images.shape == (10000, 32, 32, 3)

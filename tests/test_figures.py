@@ -1,12 +1,19 @@
-"""Tests for jaxdiff.figures: every figure from a checkpoint trained 2 steps.
+"""Tests for jaxdiff.figures (the arrays of each figure) and `--mode viz`
+(jaxdiff/modes/viz.py: which figures, their files, the skip notes).
 
 The forward frames are checked against the closed-form marginals computed
-here independently of the library; the files against their geometry.
+here independently of the library, the one-step denoising column against an
+oracle network, the files against their geometry; every figure is made once
+from a checkpoint trained 2 steps.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import subprocess
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -15,17 +22,22 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import mnist_ddgm
 from configs import mnist_ddpm
 from configs import organamnist
 from jaxdiff import config as config_lib
 from jaxdiff import data as data_lib
 from jaxdiff import figures
+from jaxdiff import inverse
 from jaxdiff import run as run_lib
+from jaxdiff import settings as settings_lib
 from jaxdiff import train as train_lib
+from jaxdiff import trained as trained_lib
 from jaxdiff import viz
+from jaxdiff.modes import viz as viz_mode
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_PX = 1.2 * 300  # one forward-strip frame: 1.2 in at 300 dpi
-HAVE_INVERSE = figures.inverse_module() is not None
 
 
 def _tiny_config() -> ml_collections.ConfigDict:
@@ -37,8 +49,7 @@ def _tiny_config() -> ml_collections.ConfigDict:
   c.model.name = "cnn"
   c.model.kwargs = dict(hidden=(8, 8), kernel_size=7, last_kernel_size=3,
                         time_embeddings=16)
-  if "denoise" in c:
-    c.denoise.methods = "tweedie,dps"
+  c.denoise.methods = "tweedie,dps"
   c.training.num_train_steps = 2
   c.training.checkpoint_every = 2
   c.training.log_every = 1
@@ -46,12 +57,9 @@ def _tiny_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _with_viz(config, **settings) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.viz = figures.viz_config()
-  c.viz.update(settings)
-  c.lock()
-  return c
+def _with_viz(config, **values) -> settings_lib.Settings:
+  s = settings_lib.from_config(config)
+  return dataclasses.replace(s, viz=dataclasses.replace(s.viz, **values))
 
 
 @pytest.fixture(name="config", scope="module")
@@ -61,24 +69,26 @@ def fixture_config():
 
 @pytest.fixture(name="run", scope="module")
 def fixture_run(config, tmp_path_factory):
-  """A workdir trained 2 steps, its restored network and all its figures."""
+  """A workdir trained 2 steps with every figure made by the mode."""
   workdir = str(tmp_path_factory.mktemp("viz_run"))
   train_lib.train_and_evaluate(config, workdir)
-  restored = figures.restore(config, workdir)
-  # The mode, all but the reverse process; that one from a trajectory kept
-  # here (sampling it again would cost another compilation).
-  others = [n for n in figures.FIGURES.names() if n != "reverse"]
-  figures.viz_mode(_with_viz(config, figures=",".join(others)), workdir)
-  trajectory = figures.reverse_trajectory(
-      config, restored, jax.random.key(0), num=16, frames=60)
-  figures.reverse_process(config, workdir, restored=restored,
-                          trajectory=trajectory)
-  return dict(workdir=workdir, restored=restored, trajectory=trajectory)
+  trained = trained_lib.restore(config, workdir)
+  paths = viz_mode.make_figures(config, workdir, trained=trained)
+  return dict(workdir=workdir, trained=trained, paths=paths)
 
 
 def _image(split="train"):
   ds = data_lib.load("organamnist_small", split, limit=1)
   return ds.images[0].astype(np.float32) / 127.5 - 1.0  # [H, W, C]
+
+
+def _cosine_abar(t):
+  """alphabar(t) of the continuous cosine VP-SDE, alphabar(1) = 1e-4."""
+  s = 0.008
+  c0 = math.cos(math.pi / 2 * s / (1 + s))
+  t_max = (1 + s) * 2 / math.pi * math.acos(math.sqrt(1e-4) * c0) - s
+  return (np.cos(np.pi / 2 * (np.asarray(t, np.float64) * t_max + s) /
+                 (1 + s)) / c0)**2
 
 
 # ---------------------------------------------------------- forward process
@@ -90,6 +100,7 @@ def test_forward_frames_discrete_chain_closed_form():
   ts = figures.forward_times(process, 11)
   steps = np.arange(0, 1001, 100)  # x_0, x_100, ..., x_T
   np.testing.assert_allclose(ts * 1000, steps, atol=1e-3)
+  assert figures.time_labels(process, ts) == list(steps)
   x0 = _image()
   frames = figures.forward_frames(process, x0, ts, jax.random.key(1))
   assert frames.shape == (11, 28, 28, 1)
@@ -108,22 +119,17 @@ def test_forward_frames_discrete_chain_closed_form():
 
 
 def test_forward_frames_continuous_cosine_closed_form(config):
-  """Cosine VP-SDE: alphabar(t) = cos^2(pi/2 (t t_max + s)/(1 + s)) / c0^2
-  with t_max such that alphabar(1) = 1e-4."""
   process = config_lib.build_process(config)
   ts = figures.forward_times(process, 11)
   np.testing.assert_allclose(ts, np.arange(11) / 10, atol=1e-6)
+  assert figures.time_labels(process, ts[:3]) == [0.0, 0.1, 0.2]
   x0 = _image()
   frames = figures.forward_frames(process, x0, ts, jax.random.key(2))
   # t = 0 is clean up to float32 rounding of int_beta(0) (sigma ~ 2e-4),
   # identical once quantised for display.
   np.testing.assert_allclose(frames[0], x0, atol=2e-3)
   np.testing.assert_array_equal(viz.to_uint8(frames[0]), viz.to_uint8(x0))
-  s = 0.008
-  c0 = math.cos(math.pi / 2 * s / (1 + s))
-  t_max = (1 + s) * 2 / math.pi * math.acos(math.sqrt(1e-4) * c0) - s
-  tt = ts.astype(np.float64)
-  abar = (np.cos(np.pi / 2 * (tt * t_max + s) / (1 + s)) / c0)**2
+  abar = _cosine_abar(ts)
   assert abar[-1] == pytest.approx(1e-4, rel=1e-6)
   for f, ab in zip(frames[1:], abar[1:]):
     e = (f - np.sqrt(ab) * x0) / np.sqrt(1 - ab)
@@ -141,20 +147,13 @@ def test_forward_times_rejects_one_frame():
     figures.forward_times(process, 1)
 
 
-@pytest.mark.parametrize("num_frames", [5, 11])
-def test_forward_strip_png_dpi_and_width(config, run, num_frames):
-  if num_frames == 11:  # the one the mode wrote
-    path = os.path.join(run["workdir"], "figures", "forward_strip.png")
-  else:
-    path = figures.forward_strip(config, run["workdir"] + "/n5",
-                                 num_frames=num_frames)
-  with Image.open(path) as im:
-    dpi = im.info["dpi"]
-    w, h = im.size
-  assert dpi[0] == pytest.approx(300, abs=0.5)
-  assert dpi[1] == pytest.approx(300, abs=0.5)
-  assert abs(w - num_frames * STEP_PX) < 0.05 * num_frames * STEP_PX
-  assert h < 2.5 * STEP_PX
+def test_process_names():
+  s = settings_lib.from_config(mnist_ddpm.get_config())
+  assert figures.process_name(s.diffusion) == "VP-SDE, linear, T = 1000"
+  s = settings_lib.from_config(organamnist.get_config())
+  assert figures.process_name(s.diffusion) == "VP-SDE, cosine"
+  s = settings_lib.from_config(mnist_ddgm.get_config())
+  assert figures.process_name(s.diffusion).startswith("gamma (DDGM), ")
 
 
 # ------------------------------------------------------------------ schedules
@@ -172,10 +171,13 @@ def test_schedule_curves_closed_forms():
   t, abar = curves["cosine, T = 1000"]
   f = np.cos((np.arange(1001) / 1000 + 0.008) / 1.008 * np.pi / 2)**2
   np.testing.assert_allclose(abar[:-1], (f / f[0])[1:-1], rtol=1e-8)
+  t, abar = curves["cosine, continuous"]
+  np.testing.assert_allclose(abar, _cosine_abar(t), rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_plot_schedules_standalone(tmp_path, run):
-  path = figures.plot_schedules(tmp_path / "s" / "schedules.png")
+  path = figures.plot_schedules(str(tmp_path / "s" / "schedules.png"))
   for p in (path, os.path.join(run["workdir"], "figures", "schedules.png")):
     with Image.open(p) as im:
       w, h = im.size
@@ -201,65 +203,35 @@ def test_trajectory_every_frame_count():
   assert figures.trajectory_every(7, 60, True) == 1
 
 
-def test_reverse_trajectory_shape_and_times(config, run):
-  traj, ts = run["trajectory"]
-  # 8 uniform steps from t = 1 to 1e-3, then t = 0: 7 transitions saved
-  # one by one, plus the start and the denoised end.
+@pytest.mark.slow
+def test_reverse_trajectory_and_gif(run):
+  """The mode's reverse.gif is the trajectory of key fold_in(key(seed), 3):
+  8 uniform steps from t = 1 to 1e-3, then t = 0, saved one by one."""
+  traj, ts = figures.reverse_trajectory(
+      run["trained"], jax.random.fold_in(jax.random.key(0), 3), num=16,
+      frames=60)
   assert traj.shape == (9, 16, 28, 28, 1)
   expected = np.linspace(1.0, 1e-3, 8)
   np.testing.assert_allclose(ts, np.concatenate([expected, [0.0]]),
                              rtol=1e-5, atol=1e-6)
   # The first frame is the prior draw (unit variance), not an image.
   assert abs(float(np.var(traj[0])) - 1.0) < 0.15
-
-
-def test_reverse_gif_frames(config, run):
-  path = os.path.join(run["workdir"], "figures", "reverse.gif")
-  traj, _ = run["trajectory"]
   # One GIF frame per trajectory frame, but PIL merges identical
   # consecutive frames: count the distinct consecutive uint8 grids.
   q = viz.to_uint8(traj)
   distinct = 1 + sum(int(np.any(q[i] != q[i - 1])) for i in range(1, 9))
+  path = os.path.join(run["workdir"], "figures", "reverse.gif")
   with Image.open(path) as im:
     assert im.n_frames == distinct
     assert im.size == ((4 * 30 + 2) * 4,) * 2  # 4x4 grid of 28 px, scale 4
-  with Image.open(os.path.join(run["workdir"], "figures",
-                               "reverse_strip.png")) as im:
-    w, h = im.size
+    first = np.asarray(im.convert("L"))
+  grid = np.repeat(np.repeat(viz.make_grid(q[0]), 4, 0), 4, 1)[..., 0]
+  np.testing.assert_array_equal(first, grid)
+  w, h = _size(run, "reverse_strip.png")
   assert w > 4 * h
 
 
-# ---------------------------------------------------------- other pictures
-
-
-def _size(run, name):
-  with Image.open(os.path.join(run["workdir"], "figures", name)) as im:
-    return im.size
-
-
-def test_noise_histograms_png(run):
-  w, h = _size(run, "noise_histograms.png")
-  assert w > 2.5 * h > 800  # three panels in a row
-
-
-def test_loss_and_samples_png(config, run):
-  w, h = _size(run, "loss.png")
-  assert w > 300 and h > 200
-  w, h = _size(run, "samples.png")
-  # 8 samples in a 3x3 grid of 28 px cells at scale 4, plus a title.
-  assert w >= (3 * 30 + 2) * 4 and h > (3 * 30 + 2) * 4
-
-
-def test_denoise_comparison_png(run):
-  w, h = _size(run, "denoise_comparison.png")
-  # 6 rows of noisy / Tweedie / (dps) / clean cells of ~1.6 x 1.85 in at
-  # 150 dpi: 3 or 4 columns.
-  ncol = 4 if HAVE_INVERSE else 3
-  assert abs(w - ncol * 1.6 * 150) < 0.2 * ncol * 1.6 * 150
-  assert h > 6 * 1.6 * 150
-
-
-@pytest.mark.skipif(not HAVE_INVERSE, reason="jaxdiff.inverse not installed")
+@pytest.mark.slow
 def test_reverse_dps_files(run):
   # organamnist:tiny denoises with 4 DPS steps: 4 frames and the final
   # denoised one, 4 images each (one 2x2 grid).
@@ -271,65 +243,135 @@ def test_reverse_dps_files(run):
   assert w > 3 * h
 
 
-def test_protocol_noise_is_per_image():
-  """Image i's noise is normal(fold_in(key(seed), i)), as in the benchmark."""
-  x = np.zeros((3, 4, 4, 1), np.float32)
-  y = figures.protocol_noisy(x, 0.3, noise_seed=5)
-  for i in range(3):
-    n = jax.random.normal(jax.random.fold_in(jax.random.key(5), i),
-                          (4, 4, 1))
-    np.testing.assert_allclose(y[i], np.clip(0.3 * np.asarray(n), -1, 1),
-                               atol=1e-6)
+# ----------------------------------------------------------- noise estimates
 
 
-def test_matched_time_cosine(config):
-  process = config_lib.build_process(config)
-  t = figures.matched_time(process, 0.3)
-  s = 0.008
-  c0 = math.cos(math.pi / 2 * s / (1 + s))
-  t_max = (1 + s) * 2 / math.pi * math.acos(math.sqrt(1e-4) * c0) - s
-  abar = (math.cos(math.pi / 2 * (t * t_max + s) / (1 + s)) / c0)**2
-  assert math.sqrt((1 - abar) / abar) == pytest.approx(0.3, rel=1e-4)
+def test_hist_times():
+  chain = config_lib.build_process(mnist_ddpm.get_config())
+  np.testing.assert_allclose(
+      figures.hist_times(chain, [1e-4, 0.1, 0.5, 1.0]) * 1000,
+      [1, 100, 500, 1000], atol=1e-3)  # trained steps i >= 1
+  continuous = config_lib.build_process(_tiny_config())
+  np.testing.assert_allclose(figures.hist_times(continuous, [0.25]), [0.25])
+  with pytest.raises(ValueError, match="hist_times"):
+    figures.hist_times(continuous, [0.0, 0.5])
 
 
-def test_matched_time_discrete_chain():
+def test_noise_panels_mse_and_reference():
   process = config_lib.build_process(mnist_ddpm.get_config())
-  t = figures.matched_time(process, 0.3)
-  abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
-  i = int(np.argmin(np.abs(np.sqrt((1 - abar) / abar) - 0.3))) + 1
-  assert t == pytest.approx(i / 1000)
+  true = np.ones((2, 3, 3, 1), np.float32)
+  pairs = [(true + 0.5, true), (true, true)]
+  panels = figures.noise_panels(process, np.asarray([0.1, 0.5]), pairs)
+  assert list(panels) == ["t = 100  (MSE 0.250)", "t = 500  (MSE 0.000)"]
+  pairs = [(true, np.tile([-2.0, 2.0], 100))]  # std exactly 2
+  ((name, draws),) = figures.gaussian_reference(
+      pairs, jax.random.key(1)).items()
+  assert name == "Gaussian, std 2.00"
+  assert abs(float(np.std(draws)) - 2.0) < 0.02
 
 
-def test_tweedie_with_oracle_noise_recovers_clean(config):
-  """With eps_hat = the true noise, y = x + 0.3 n gives back x exactly."""
+@pytest.mark.slow
+def test_noise_histograms_png(run):
+  w, h = _size(run, "noise_histograms.png")
+  assert w > 2.5 * h > 800  # three panels in a row
+
+
+# ------------------------------------------------------------------ denoising
+
+
+def _oracle(process, noise):
+  """A stand-in for `Trained` whose network returns the true noise."""
+  return types.SimpleNamespace(
+      process=process, params=(),
+      eps_fn=lambda labels=None, params=None: (lambda x, t: noise))
+
+
+def test_one_step_column_with_oracle_noise_recovers_clean(config):
+  """y = x + 0.3 n unclipped and eps_hat = n: the one-step estimate at the
+  matched time is x, and the metrics follow PSNR = 10 log10(4 / MSE)."""
   process = config_lib.build_process(config)
   key = jax.random.key(3)
-  x = jnp.clip(jax.random.normal(key, (4, 8, 8, 1)) * 0.4, -1, 1)
-  n = jax.random.normal(jax.random.fold_in(key, 1), x.shape)
-  t = figures.matched_time(process, 0.3)
-  x_hat = figures.tweedie_denoise(process, lambda x_t, tb: n, x + 0.3 * n, t)
-  np.testing.assert_allclose(x_hat, x, atol=1e-4)
+  x = jnp.clip(jax.random.normal(key, (4, 12, 12, 1)) * 0.4, -0.7, 0.7)
+  problem = inverse.InverseProblem(
+      inverse.make_operator("denoise", (12, 12, 1)), sigma=0.3,
+      noise_model="gaussian", clip=False)
+  y = problem.measure(jax.random.key(5), x)
+  noise = (y - x) / 0.3
+  columns, t = figures.denoising_columns(
+      _oracle(process, noise), problem, y, [], None, [])
+  assert list(columns) == ["noisy", "Tweedie (1 step)"]
+  assert math.sqrt((1 - _cosine_abar(t)) / _cosine_abar(t)) == pytest.approx(
+      0.3, rel=1e-4)
+  np.testing.assert_allclose(columns["Tweedie (1 step)"], x, atol=1e-4)
+  scores = figures.column_metrics(columns, np.asarray(x))
+  mse = np.mean((np.asarray(y) - np.asarray(x))**2, axis=(1, 2, 3))
+  np.testing.assert_allclose(scores["noisy"]["psnr"], 10 * np.log10(4 / mse),
+                             rtol=1e-4)
+  assert np.all(scores["Tweedie (1 step)"]["psnr"] > 60)
+  np.testing.assert_allclose(scores["Tweedie (1 step)"]["ssim"], 1.0,
+                             atol=1e-4)
+
+
+@pytest.mark.slow
+def test_denoise_comparison_png(run):
+  w, h = _size(run, "denoise_comparison.png")
+  # 6 rows of noisy / Tweedie / dps / clean cells of ~1.6 x 1.85 in at
+  # 150 dpi.
+  assert abs(w - 4 * 1.6 * 150) < 0.2 * 4 * 1.6 * 150
+  assert h > 6 * 1.6 * 150
 
 
 # ----------------------------------------------------------------------- mode
 
 
-def test_viz_mode_is_registered():
-  assert run_lib.MODES.get("viz") is figures.viz_mode
+def _size(run, name):
+  with Image.open(os.path.join(run["workdir"], "figures", name)) as im:
+    return im.size
 
 
+def test_viz_mode_in_table():
+  assert run_lib.mode_fn("viz") is viz_mode.run
+
+
+@pytest.mark.slow
 def test_all_files_written(run):
   names = sorted(os.listdir(os.path.join(run["workdir"], "figures")))
-  expected = ["denoise_comparison.png", "forward_strip.png", "loss.png",
-              "noise_histograms.png", "reverse.gif", "reverse_strip.png",
-              "samples.png", "schedules.png"]
-  if HAVE_INVERSE:
-    expected += ["reverse_dps.gif", "reverse_dps_strip.png"]
-  assert names == sorted(expected)
+  assert names == sorted([
+      "denoise_comparison.png", "forward_strip.png", "loss.png",
+      "noise_histograms.png", "reverse.gif", "reverse_strip.png",
+      "reverse_dps.gif", "reverse_dps_strip.png", "samples.png",
+      "schedules.png"])
+  assert sorted(os.path.basename(p) for p in run["paths"]) == names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_frames", [5, 11])
+def test_forward_strip_png_dpi_and_width(config, run, num_frames):
+  if num_frames == 11:  # the one the mode wrote
+    path = os.path.join(run["workdir"], "figures", "forward_strip.png")
+  else:
+    (path,) = viz_mode.forward_strip(viz_mode.Job(
+        _with_viz(config, forward_frames=5), run["workdir"] + "/n5"))
+  with Image.open(path) as im:
+    dpi = im.info["dpi"]
+    w, h = im.size
+  assert dpi[0] == pytest.approx(300, abs=0.5)
+  assert dpi[1] == pytest.approx(300, abs=0.5)
+  assert abs(w - num_frames * STEP_PX) < 0.05 * num_frames * STEP_PX
+  assert h < 2.5 * STEP_PX
+
+
+@pytest.mark.slow
+def test_loss_and_samples_png(run):
+  w, h = _size(run, "loss.png")
+  assert w > 300 and h > 200
+  w, h = _size(run, "samples.png")
+  # 8 samples in a 3x3 grid of 28 px cells at scale 4, plus a title.
+  assert w >= (3 * 30 + 2) * 4 and h > (3 * 30 + 2) * 4
 
 
 def test_without_checkpoint_skips_with_note(config, tmp_path, capsys):
-  paths = figures.make_figures(config, str(tmp_path))
+  paths = viz_mode.make_figures(config, str(tmp_path))
   out = capsys.readouterr().out
   assert sorted(os.path.basename(p) for p in paths) == [
       "forward_strip.png", "schedules.png"]
@@ -339,9 +381,38 @@ def test_without_checkpoint_skips_with_note(config, tmp_path, capsys):
   assert "train first" in out
 
 
-def test_figures_selection(config, tmp_path):
-  c = _with_viz(config, figures="schedules")
-  assert figures.make_figures(c, str(tmp_path)) == [
+def test_gaussian_only_figures_skip_a_gamma_process(tmp_path):
+  job = viz_mode.Job(mnist_ddgm.get_config(), str(tmp_path))
+  os.makedirs(tmp_path / "checkpoints" / "2")
+  for name in ("denoise_comparison", "reverse_dps"):
+    assert "not Gaussian" in job.skip_reason(name)
+  assert job.skip_reason("reverse") is None
+
+
+def test_figures_selection_and_keys(config, tmp_path):
+  s = _with_viz(config, figures="schedules")
+  assert viz_mode.make_figures(s, str(tmp_path)) == [
       os.path.join(str(tmp_path), "figures", "schedules.png")]
   with pytest.raises(ValueError, match="choose from .*forward_strip"):
-    figures.selected(_with_viz(config, figures="schedules,bogus"))
+    viz_mode.selected(_with_viz(config, figures="schedules,bogus").viz)
+  # viz.seed -1 is the config's seed; the keys fold in a salt per figure.
+  job = viz_mode.Job(dataclasses.replace(s, seed=7), str(tmp_path))
+  assert job.viz.seed == 7
+  np.testing.assert_array_equal(
+      jax.random.key_data(job.key(3)),
+      jax.random.key_data(jax.random.fold_in(jax.random.key(7), 3)))
+
+
+@pytest.mark.slow
+def test_launch_viz_without_checkpoint(tmp_path):
+  """The command line: `--mode viz` on an empty workdir makes the figures
+  that need no checkpoint and notes the others."""
+  out = subprocess.run(
+      [sys.executable, "launch.py", "--config",
+       "configs/organamnist.py:tiny", "--config.data.name=organamnist_small",
+       "--config.viz.figures=forward_strip,samples", "--workdir",
+       str(tmp_path), "--mode", "viz"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+  assert "skipping samples: no checkpoint" in out.stdout
+  assert os.path.isfile(tmp_path / "figures" / "forward_strip.png")
+  assert not os.path.exists(tmp_path / "figures" / "samples.png")

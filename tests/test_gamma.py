@@ -233,7 +233,7 @@ def test_ddgm_sampler_refuses_antithetic_draws(ddgm):
   """-z of a skewed gamma draw is not a gamma draw: noise_sign is refused."""
   stepper = samplers.make_sampler("ddgm", ddgm, lambda x, t: 0.1 * x)
   ts = samplers.time_grid(ddgm, 5)
-  with pytest.raises(ValueError, match="gamma noise is skewed"):
+  with pytest.raises(ValueError, match="noise is skewed"):
     samplers.integrate(stepper, jnp.zeros((2, 4)), ts, jax.random.key(0),
                        sde=ddgm, eps_fn=lambda x, t: 0.1 * x, noise_sign=-1.0)
 
@@ -242,6 +242,18 @@ def test_ddgm_sampler_needs_gamma_process():
   vp = sde_lib.make_sde("vp", num_steps=1000)
   with pytest.raises(ValueError, match="noise='gamma'"):
     samplers.make_sampler("ddgm", vp, lambda x, t: x)
+
+
+def test_gamma_process_is_not_gaussian_but_has_the_chain_moments(ddgm):
+  """Not an SDE (the Gaussian-only methods can tell), with DDPM's alpha and
+  sigma: sqrt(alphabar_i) and sqrt(1 - alphabar_i) at t = i/T."""
+  assert not isinstance(ddgm, sde_lib.SDE) and not sde_lib.is_gaussian(ddgm)
+  ab = _alphabar(np.asarray(ddgm.betas))
+  i = np.array([1, 10, 500, 1000])
+  t = jnp.asarray(i / ddgm.num_steps, jnp.float32)
+  np.testing.assert_allclose(ddgm.alpha(t), np.sqrt(ab[i - 1]), rtol=1e-5)
+  np.testing.assert_allclose(ddgm.sigma(t), np.sqrt(1 - ab[i - 1]),
+                             rtol=1e-4)
 
 
 def test_gamma_process_needs_a_chain():

@@ -16,9 +16,12 @@ from PIL import Image
 from scipy import special as sp_special
 from scipy import stats
 
+from jaxdiff import gamma
 from jaxdiff import inverse
 from jaxdiff import samplers
 from jaxdiff import sde as sde_lib
+from jaxdiff import settings as settings_lib
+from jaxdiff.settings import DenoiseSettings
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -192,6 +195,24 @@ def test_measure_noise_statistics_clipping_and_batch_independence():
   np.testing.assert_array_equal(part, y[2:4])
 
 
+def test_protocol_measure_psnr_matches_sigma():
+  """clip(x + 0.3 n, -1, 1) of x ~ U[-0.5, 0.5]: the PSNR is 10 log10(4 /
+  E[(y - x)^2]), with the clipped expectation in closed form (for x near 0.5
+  clipping lowers the MSE: +0.09 dB over the unclipped 10 log10(4 /
+  sigma^2), which holds without the clip)."""
+  sigma = 0.3
+  x = jax.random.uniform(jax.random.key(9), (1, 512, 512, 1), minval=-0.5,
+                         maxval=0.5)
+  y = jax.jit(lambda x: inverse.measure(jax.random.key(10), x, sigma))(x)
+  assert y.dtype == x.dtype and float(jnp.abs(y).max()) <= 1.0
+  psnr = float(inverse.image_metrics(y, x)["psnr"][0])
+  mse = _expected_clipped_mse(np.asarray(x, np.float64), sigma).mean()
+  assert abs(psnr - 10 * np.log10(4.0 / mse)) < 0.03
+  free = inverse.measure(jax.random.key(10), x, sigma, clip=False)
+  naive = 10 * np.log10(4.0 / sigma**2)
+  assert abs(float(inverse.image_metrics(free, x)["psnr"][0]) - naive) < 0.03
+
+
 def test_impute_restores_the_unclipped_noise_at_the_bound():
   """For x at the bound, y = clip(x + 0.3 n) is clipped half the time; the
   imputed y has the distribution of x + 0.3 n again (mean -1, std 0.3)."""
@@ -214,6 +235,7 @@ def test_impute_restores_the_unclipped_noise_at_the_bound():
   np.testing.assert_array_equal(plain.impute(jax.random.key(1), y), y)
 
 
+@pytest.mark.slow
 def test_imputed_tweedie_averages_estimates_of_imputed_y(vp):
   """Tweedie with the clipped model: the mean over K imputations of the
   one-call estimate; K = 1 with the Gaussian model is one call on y."""
@@ -252,11 +274,32 @@ def test_matched_time_matches_the_noise_level(vp):
   ve = sde_lib.make_sde("ve", sigma_min=0.01, sigma_max=50.0)
   np.testing.assert_allclose(inverse.matched_time(ve, 0.3),
                              math.log(30) / math.log(5000), rtol=1e-5)
-  with pytest.raises(ValueError, match="outside the SDE's range"):
+  with pytest.raises(ValueError, match="outside the process's range"):
     inverse.matched_time(ve, 0.001)
   chain = sde_lib.make_sde("vp", schedule="linear", num_steps=1000)
   t_chain = inverse.matched_time(chain, 0.3)
-  assert abs(t_chain * 1000 - round(t_chain * 1000)) < 1e-9
+  assert t_chain * 1000 == round(t_chain * 1000)
+  # Between two steps without snapping; 'nearest' is its rounding.
+  t_free = inverse.matched_time(chain, 0.3, snap="none")
+  np.testing.assert_allclose(float(chain.sigma(t_free) / chain.alpha(t_free)),
+                             0.3, rtol=1e-5)
+  assert t_chain == round(t_free * 1000) / 1000
+
+
+def test_gaussian_only_methods_refuse_the_gamma_process(gaussian_case):
+  """DDGM's noise is a centred gamma: y = x + sigma n is not x_t / alpha for
+  it, so every method, DPS and the Tweedie estimate say so in one line."""
+  problem, _, y, _ = gaussian_case
+  ddgm = gamma.make_gamma_process(num_steps=100)
+  eps_fn = lambda x, t: 0.1 * x
+  for name in inverse.METHODS.names():
+    with pytest.raises(ValueError, match="assumes Gaussian noise") as error:
+      inverse.make_method(name, ddgm, problem)
+    assert "\n" not in str(error.value) and "GammaProcess" in str(error.value)
+  with pytest.raises(ValueError, match="^DPS assumes Gaussian noise"):
+    inverse.dps_stepper("ddpm", ddgm, eps_fn, problem, y, zeta=1.0)
+  with pytest.raises(ValueError, match="Tweedie .* assumes Gaussian noise"):
+    inverse.tweedie(ddgm, eps_fn, y, 0.1)
 
 
 # ------------------------------------------------- methods on Gaussian data
@@ -383,6 +426,7 @@ def test_antithetic_pair_mean_is_the_exact_posterior_mean(vp, gaussian_case):
   assert float(jnp.abs(est[False] - exact).mean()) > 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [3, 4])
 def test_antithetic_draws_pair_up_by_key_and_sign(vp, gaussian_case, k):
   """Draw j and j + K - K // 2 (j < K // 2) share a key with opposite
@@ -412,8 +456,9 @@ def test_dps_step_is_the_normalised_residual_gradient(vp, gaussian_case):
   t, s, key, zeta = 0.6, 0.5, jax.random.key(5), 0.7
   base = samplers.make_sampler("ddpm", vp, eps_fn)
   dps = inverse.dps_stepper("ddpm", vp, eps_fn, problem, y, zeta=zeta)
-  got = dps.step({"x": x}, jnp.float32(t), jnp.float32(s), key)["x"]
-  ref = base.step({"x": x}, jnp.float32(t), jnp.float32(s), key)["x"]
+  noise = samplers.Noise(key)
+  got = dps.step({"x": x}, jnp.float32(t), jnp.float32(s), noise)["x"]
+  ref = base.step({"x": x}, jnp.float32(t), jnp.float32(s), noise)["x"]
   a, sg = float(vp.alpha(t)), float(vp.sigma(t))
   c1 = a * S2 / (a**2 * S2 + sg**2)
   x0 = c1 * x + (1 - a * c1) * MU
@@ -521,32 +566,42 @@ def test_protocol_ssim_is_dm_pix_with_max_value_two():
                              dm_pix.ssim(y, x, max_val=2.0), atol=1e-5)
 
 
-def test_denoise_config_errors_say_what_to_do():
+def test_denoise_settings_errors_say_what_to_do():
   import ml_collections  # pylint: disable=g-import-not-at-top
   bad = ml_collections.ConfigDict({"denoise": {"method": "dps"}})
   with pytest.raises(ValueError, match="Unknown config.denoise keys"):
-    inverse.DenoiseConfig.from_config(bad)
+    settings_lib.section(bad, "denoise")
   with pytest.raises(ValueError, match="use 'method:N'"):
-    inverse.DenoiseConfig(method_num_images="dps=3").validate()
+    inverse.check_settings(DenoiseSettings(method_num_images="dps=3"))
   with pytest.raises(ValueError, match="Unknown inverse method 'dsp'"):
-    inverse.DenoiseConfig(methods="tweedie,dsp").validate()
+    inverse.check_settings(DenoiseSettings(methods="tweedie,dsp"))
+  with pytest.raises(ValueError, match="Unknown operator 'blurr'"):
+    inverse.check_settings(DenoiseSettings(operator="blurr"))
   with pytest.raises(ValueError, match="set it to False"):
-    inverse.DenoiseConfig(sampler="heun").method_settings()
-  settings = inverse.DenoiseConfig(sampler="heun",
-                                   clip_denoised=False).method_settings()
+    inverse.method_settings(DenoiseSettings(sampler="heun"))
+  settings = inverse.method_settings(
+      DenoiseSettings(sampler="heun", clip_denoised=False))
   assert settings.sampler_options == ()
 
 
-def test_organamnist_config_reaches_the_method_settings():
-  """Every config.denoise key of the OrganAMNIST config is a DenoiseConfig
-  field, and the posterior-mean keys reach MethodSettings."""
+def test_denoise_settings_reach_the_method_settings():
+  """The posterior-mean keys and the sampler's options reach MethodSettings;
+  config.denoise.clip_denoised replaces config.sampling's."""
   from configs import organamnist  # pylint: disable=g-import-not-at-top
   config = organamnist.get_config("cpu")
   config.denoise.antithetic = True
   config.denoise.posterior_of = "matched"
-  settings = inverse.DenoiseConfig.from_config(config).method_settings()
+  config.denoise.posterior_batch = 2
+  config.denoise.sampler = "ddim"
+  config.denoise.clip_denoised = False
+  config.sampling.eta = 0.5
+  ds = settings_lib.section(config, "denoise")
+  settings = inverse.method_settings(
+      ds, {"eta": 0.5, "clip_denoised": True})
   assert settings.antithetic and settings.posterior_of == "matched"
-  assert settings.posterior_batch == config.denoise.posterior_batch
+  assert settings.posterior_batch == 2 and settings.sampler == "ddim"
+  assert dict(settings.sampler_options) == {"eta": 0.5,
+                                            "clip_denoised": False}
 
 
 def _expected_clipped_mse(x, s):
@@ -591,15 +646,17 @@ def _write_initial_checkpoint(config, workdir):
   from jaxdiff import config as config_lib
   from jaxdiff import train
   # pylint: enable=g-import-not-at-top
-  model = config_lib.build_model(config)
-  state = train.init_state(model, train.make_optimizer(config.training),
-                           jax.random.key(0), train.image_shape(config))
+  s = settings_lib.from_config(config)
+  model = config_lib.build_model(s)
+  state = train.init_state(model, train.make_optimizer(s.training),
+                           jax.random.key(0), s.data.image_shape)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   ckpt.save(2, state.replace(step=jnp.asarray(2, jnp.int32)),
             config_lib.to_json(config), force=True)
   ckpt.close()
 
 
+@pytest.mark.slow
 def test_denoise_mode_end_to_end(tmp_path):
   from configs import organamnist  # pylint: disable=g-import-not-at-top
   from jaxdiff import run  # pylint: disable=g-import-not-at-top
@@ -612,7 +669,7 @@ def test_denoise_mode_end_to_end(tmp_path):
   # posterior_mean vmaps DPS over K = 2: it covers the network under DPS.
   config.denoise.methods = "tweedie,posterior_mean"
   config.denoise.method_num_images = "posterior_mean:4"
-  run.main(config, workdir, "denoise")  # the mode is registered by name
+  run.main(config, workdir, "denoise")  # the mode, by name
 
   out = os.path.join(workdir, "denoise")
   with open(os.path.join(out, "metrics.json")) as f:

@@ -36,20 +36,21 @@ _EIGHT_VS_ONE = textwrap.dedent("""
     assert jax.device_count() == 8, jax.devices()
     c = mnist_ddpm.get_config("tiny")
     c.data.name = "organamnist_small"
-    ds = train.load_train_data(c)
-    model, process = config_lib.build_model(c), config_lib.build_process(c)
-    tx = train.make_optimizer(c.training)
+    st = config_lib.typed(c)
+    ds = train.load_train_data(st.data)
+    model, process = config_lib.build_model(st), config_lib.build_process(st)
+    tx = train.make_optimizer(st.training)
     apply_fn = train.make_apply_fn(model)
     out, facts = {{}}, {{}}
     for n in (8, 1):
       mesh = train.make_mesh(jax.devices()[:n])
       rep = NamedSharding(mesh, P())
       state = jax.jit(lambda: train.init_state(
-          model, tx, train.run_keys(c.seed)[0], train.image_shape(c)),
+          model, tx, train.run_keys(st.seed)[0], st.data.image_shape),
           out_shardings=rep)()
       images = jax.device_put(ds.images, rep)
       labels = jax.device_put(ds.labels, rep)
-      fn = train.make_train_fn(c, apply_fn, tx, process, mesh, length=1)
+      fn = train.make_train_fn(st, apply_fn, tx, process, mesh, length=1)
       hlo = fn.lower(state, images, labels).compile().as_text()
       facts[n] = dict(all_reduce="all-reduce" in hlo,
                       per_device_batch=[b for b in (16, 2)
@@ -104,6 +105,7 @@ def _params(arrays, prefix):
           if k.startswith(prefix) and not k.endswith("_loss")}
 
 
+@pytest.mark.slow
 def test_one_step_on_8_devices_equals_1_device(eight):
   facts, arrays = eight
   p8, p1 = _params(arrays, "n8_s1"), _params(arrays, "n1_s1")
@@ -118,6 +120,7 @@ def test_one_step_on_8_devices_equals_1_device(eight):
   assert facts["1"] == {"all_reduce": False, "per_device_batch": [16]}
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_devices_is_a_clear_error(eight):
   facts, _ = eight
   assert facts["error"] == (
@@ -131,6 +134,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_device(eight, tmp_path):
   """2 hosts x 2 devices via jax.distributed: same result, one writer."""
   _, arrays = eight
@@ -239,6 +243,7 @@ def test_usable_cores_follows_affinity(monkeypatch):
   assert distributed.usable_cores() == 6
 
 
+@pytest.mark.slow
 def test_launch_trains_on_cpu_devices(tmp_path):
   """`--config.cpu_devices=2` gives the train loop a 2-device mesh."""
   proc = subprocess.run(
@@ -267,6 +272,7 @@ def test_auto_cpu_devices_divide_the_batch(monkeypatch, cores, batch, want):
   assert calls == [("jax_num_cpu_devices", want)]
 
 
+@pytest.mark.slow
 def test_denoise_on_2_devices_equals_1(tmp_path):
   """`--mode denoise` splits each batch over the devices; results agree."""
   # pylint: disable=import-outside-toplevel
@@ -277,10 +283,11 @@ def test_denoise_on_2_devices_equals_1(tmp_path):
   from jaxdiff import config as config_lib
   # pylint: enable=import-outside-toplevel
   config = organamnist.get_config("tiny")
+  s = config_lib.typed(config)
   workdir = tmp_path / "run"
-  state = train.init_state(config_lib.build_model(config),
-                           train.make_optimizer(config.training),
-                           jax.random.key(0), train.image_shape(config))
+  state = train.init_state(config_lib.build_model(s),
+                           train.make_optimizer(s.training),
+                           jax.random.key(0), s.data.image_shape)
   # The initial output layer is zero (eps = 0): perturb every weight so the
   # network's output, and DPS's gradient through it, are not trivial.
   leaves, tree = jax.tree.flatten(state.params)

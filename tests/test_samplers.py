@@ -154,7 +154,7 @@ def test_ddpm_step_is_the_posterior_q():
       out[i] = stepper.step({"x": jnp.full((n, 1), x_t)},
                             jnp.float32(i / DISCRETE_T),
                             jnp.float32((i - 1) / DISCRETE_T),
-                            jax.random.key(i))["x"]
+                            samplers.Noise(jax.random.key(i)))["x"]
     return out
 
   for i, out in run().items():
@@ -351,13 +351,14 @@ def test_determinism_per_key():
       np.testing.assert_array_equal(x, b[name, how])
 
 
+@pytest.mark.slow
 def test_noise_sign_negates_every_gaussian_draw():
   """noise_sign=+1 is the plain run; with -1 the stochastic samplers see -z.
 
   For Gaussian data the exact eps is affine, so a DDPM run is affine in its
   noise and the antithetic pair's mean is the run with every draw set to
   zero (noise_sign=0, the run's mean). Deterministic samplers
-  ignore the sign, and every sampler carries it through its state.
+  ignore the sign.
   """
   sde = _make_sde("vp_linear")
   eps_fn = gaussian_eps_fn(sde)
@@ -385,6 +386,48 @@ def test_noise_sign_negates_every_gaussian_draw():
   pair = 0.5 * (run("ddpm", 1.0) + run("ddpm", -1.0))
   np.testing.assert_allclose(pair, zero_noise, atol=1e-5)
   assert float(jnp.abs(run("ddpm", 1.0) - zero_noise).mean()) > 0.05
+
+
+def test_a_step_fed_the_network_output_equals_the_step_calling_it():
+  """`step(..., eps)` with eps = eps_fn(x, t) is the plain step; for a
+  one-call step, eps replaces the network entirely (a wrong network is
+  never called), and a multi-call step still calls it after the first."""
+  sde = _make_sde("vp_linear")
+  eps_fn = gaussian_eps_fn(sde)
+  wrong = lambda x, t: eps_fn(x, t) + 1.0
+  x = sde.prior_sample(jax.random.key(0), (16, 2, 2, 1))
+  t, s = jnp.float32(0.7), jnp.float32(0.55)
+  noise = samplers.Noise(jax.random.key(3))
+  eps = eps_fn(x, jnp.full((16,), t))
+  for name in GAUSSIAN_SAMPLERS:
+    plain = samplers.make_sampler(name, sde, eps_fn)
+    state = plain.init(x)
+    ref = plain.step(state, t, s, noise)["x"]
+    np.testing.assert_allclose(plain.step(state, t, s, noise, eps)["x"], ref,
+                               rtol=1e-6, atol=1e-6, err_msg=name)
+    fed = samplers.make_sampler(name, sde, wrong)
+    got = fed.step(fed.init(x), t, s, noise, eps)["x"]
+    if fed.nfe_per_step == 1:
+      np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6,
+                                 err_msg=name)
+    else:
+      assert not np.allclose(got, ref), name
+
+
+def test_noise_draws_from_the_step_key():
+  """noise(x) is normal(key, x.shape); j folds in; split is jax's split;
+  the sign multiplies every draw."""
+  key = jax.random.key(5)
+  x = jnp.zeros((3, 4))
+  noise = samplers.Noise(key)
+  np.testing.assert_array_equal(noise(x), jax.random.normal(key, (3, 4)))
+  np.testing.assert_array_equal(
+      noise(x, j=2), jax.random.normal(jax.random.fold_in(key, 2), (3, 4)))
+  a, b = noise.split()
+  ka, kb = jax.random.split(key)
+  np.testing.assert_array_equal(a(x), jax.random.normal(ka, (3, 4)))
+  np.testing.assert_array_equal(b(x), jax.random.normal(kb, (3, 4)))
+  np.testing.assert_array_equal(samplers.Noise(key, -1.0)(x), -noise(x))
 
 
 # ------------------------------------------------------- (5) trajectories

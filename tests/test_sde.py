@@ -239,6 +239,42 @@ def test_lognormal_time_on_the_discrete_grid():
   assert abs(np.median(u) + 1.2) < 0.05
 
 
+# ------------------------------------------------------------ time_of_ratio
+
+
+def test_time_of_ratio_inverts_ve_in_closed_form():
+  """VE: sigma/alpha = sigma_min (sigma_max/sigma_min)^t, so t = log(r /
+  sigma_min) / log(sigma_max / sigma_min); outside the range, the ends."""
+  sde = _make("ve")
+  r = np.array([0.02, 0.3, 1.0, 7.5, 49.0])
+  expected = (np.log(r / sde.sigma_min)
+              / math.log(sde.sigma_max / sde.sigma_min))
+  t = jax.jit(lambda r: sde_lib.time_of_ratio(sde, r))(jnp.asarray(r))
+  np.testing.assert_allclose(np.asarray(t), expected, atol=2e-6)
+  np.testing.assert_allclose(sde.time_of_ratio(1e-4), 0.0, atol=1e-6)
+  np.testing.assert_allclose(sde.time_of_ratio(1e4), 1.0, atol=1e-6)
+  np.testing.assert_allclose(sde_lib.ratio_range(sde),
+                             (sde.sigma_min, sde.sigma_max), rtol=1e-5)
+
+
+def test_time_of_ratio_snap_rules_on_a_chain():
+  """On the T-step chain, 'none' is the continuous inverse, 'nearest' its
+  rounding to a step i/T and 'up' the first step with at least that noise."""
+  chain = _make("vp_discrete")
+  abar = np.cumprod(1 - chain.schedule.betas)
+  steps = np.array([1, 7, 250, 999])
+  # Ratios a quarter of the way between steps i and i + 1.
+  ratio = np.sqrt((1 - abar) / abar)
+  r = ratio[steps - 1] + 0.25 * (ratio[steps] - ratio[steps - 1])
+  t = {snap: np.asarray(sde_lib.time_of_ratio(chain, r, snap=snap)) * T
+       for snap in sde_lib.SNAP_RULES}
+  assert np.all((t["none"] > steps) & (t["none"] < steps + 1))
+  np.testing.assert_allclose(t["nearest"], steps, atol=1e-3)
+  np.testing.assert_allclose(t["up"], steps + 1, atol=1e-3)
+  with pytest.raises(ValueError, match="snap rule"):
+    sde_lib.time_of_ratio(chain, 0.3, snap="down")
+
+
 def test_unknown_time_sampling_raises():
   with pytest.raises(ValueError, match="time_sampling"):
     losses.sample_time(_make("vp_cosine"), jax.random.key(0), 4,

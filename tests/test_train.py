@@ -1,7 +1,9 @@
-"""Tests for jaxdiff.train: exact resume, non-finite guard, smoke runs."""
+"""Tests for jaxdiff.train: exact resume, non-finite guard, the loop's hooks,
+smoke runs."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import importlib
 import io
@@ -31,9 +33,12 @@ if str(REPO) not in sys.path:
 from configs import organamnist
 from jaxdiff import checkpoint as ckpt_lib
 from jaxdiff import config as config_lib
-from jaxdiff import run as run_lib
+from jaxdiff import settings as settings_lib
 from jaxdiff import train
+from jaxdiff import trained as trained_lib
 from jaxdiff import viz
+from jaxdiff.train import hooks as hooks_lib
+from jaxdiff.train import loop as loop_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -107,6 +112,7 @@ def fixture_full_run(tmp_path_factory):
 # ------------------------------------------------------------ exact resume
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted(full_run, tmp_path):
   _train(_tiny(num_train_steps=2), tmp_path)
   with ckpt_lib.Checkpointer(tmp_path / "checkpoints") as ckpt:
@@ -216,6 +222,7 @@ def test_ema_decay_warms_up_to_its_target():
   assert float(jnp.prod(decay[:800])) < 1e-2
 
 
+@pytest.mark.slow
 def test_nonfinite_run_stops_and_keeps_last_good_checkpoint(full_run,
                                                              tmp_path):
   workdir = tmp_path / "run"
@@ -230,10 +237,9 @@ def test_nonfinite_run_stops_and_keeps_last_good_checkpoint(full_run,
   assert "config.training.lr" in msg
   with ckpt_lib.Checkpointer(workdir / "checkpoints") as ckpt:
     assert ckpt.latest_step() == 4
-  _, params, step = run_lib.restore_params(_tiny(), str(workdir),
-                                           use_ema=False)
-  assert step == 4
-  _assert_close(_np(params), full_run["params"], rtol=0, atol=0)
+  restored = trained_lib.restore(_tiny(), str(workdir), use_ema=False)
+  assert restored.step == 4
+  _assert_close(_np(restored.params), full_run["params"], rtol=0, atol=0)
   skipped = [r for r in _metrics(workdir) if r["step"] > 4]
   assert [r["step"] for r in skipped] == [5, 6]
   assert all(r["skipped"] == 1.0 and math.isnan(r["loss"]) for r in skipped)
@@ -241,12 +247,108 @@ def test_nonfinite_run_stops_and_keeps_last_good_checkpoint(full_run,
 
 def test_stop_flag_turns_sigint_into_a_request():
   before = signal.getsignal(signal.SIGINT)
-  with train._StopFlag() as stop:  # pylint: disable=protected-access
+  with loop_lib.StopFlag() as stop:
     os.kill(os.getpid(), signal.SIGINT)
     assert stop.requested
     with pytest.raises(KeyboardInterrupt):  # A second Ctrl-C interrupts.
       os.kill(os.getpid(), signal.SIGINT)
   assert signal.getsignal(signal.SIGINT) is before
+
+
+# -------------------------------------------------------- loop and hooks
+
+
+class _Recorder(hooks_lib.Hook):
+  """A hook that notes (step, record) of every call."""
+
+  def __init__(self, every, *, at_end=False, needs_record=True):
+    self.every, self.at_end, self.needs_record = every, at_end, needs_record
+    self.calls = []
+
+  def __call__(self, step, state, record):
+    self.calls.append((step, record))
+
+
+class _FakeState:
+  def __init__(self, step):
+    self.step = step
+
+
+def _fake_dispatch(state, n):
+  """n steps: the metrics are the step numbers' mean as the loss."""
+  steps = np.arange(state.step + 1, state.step + n + 1)
+  return _FakeState(state.step + n), dict(loss=jnp.float32(steps.mean()),
+                                          nonfinite=jnp.int32(0))
+
+
+class _NoStop:
+  requested = False
+
+
+def _reaches_multiple(step, n, every):
+  """Whether the steps step-n+1..step include a multiple of `every`."""
+  return bool(every) and any(m % every == 0 for m in range(step - n + 1,
+                                                           step + 1))
+
+
+@pytest.mark.parametrize("per_dispatch", [1, 3, 4])
+def test_hooks_fire_at_their_periods(per_dispatch):
+  start, total = 2, 17
+  hooks = [_Recorder(4), _Recorder(3, at_end=True), _Recorder(0),
+           _Recorder(5, needs_record=False)]
+  state, step = loop_lib.run_loop(
+      _FakeState(start), _fake_dispatch, hooks, total=total,
+      per_dispatch=per_dispatch, max_nonfinite=1, stop=_NoStop(), ckpt=None)
+  assert step == state.step == total
+  ends = list(range(start + per_dispatch, total, per_dispatch)) + [total]
+  for hook in hooks:
+    want = [s for i, s in enumerate(ends)
+            if _reaches_multiple(s, s - ([start] + ends)[i], hook.every)
+            or (hook.at_end and s == total)]
+    assert [s for s, _ in hook.calls] == want, hook.every
+  # A record is the mean loss over every step since the previous record
+  # (the steps' mean here), made whenever a hook due needs one.
+  summarised = sorted({s for h in hooks[:2] for s, _ in h.calls})
+  for prev, s in zip([start] + summarised, summarised):
+    for hook in hooks[:2]:
+      for got_step, record in hook.calls:
+        if got_step == s:
+          want = np.mean(np.arange(prev + 1, s + 1))
+          assert record["loss"] == pytest.approx(want), (s, per_dispatch)
+  # The hook that needs no record gets one only when another hook asked.
+  for s, record in hooks[3].calls:
+    assert (record is None) == (s not in summarised)
+
+
+def test_loop_stops_on_request_and_raises_after_nonfinite_steps():
+  hook = _Recorder(1)
+
+  class Stop:
+    requested = False
+
+  def dispatch(state, n):
+    Stop.requested = state.step + n >= 3  # A signal during step 3.
+    return _fake_dispatch(state, n)
+
+  state, step = loop_lib.run_loop(
+      _FakeState(0), dispatch, [hook], total=10, per_dispatch=1,
+      max_nonfinite=1, stop=Stop, ckpt=None)
+  assert step == state.step == 3 and [s for s, _ in hook.calls] == [1, 2, 3]
+
+  class Ckpt:
+    directory = "/ckpts"
+    latest_step = staticmethod(lambda: 2)
+
+  def bad(state, n):
+    state, metrics = _fake_dispatch(state, n)
+    return state, dict(metrics, nonfinite=jnp.int32(max(state.step - 2, 0)))
+
+  with pytest.raises(train.TrainingError, match=(
+      r"2 non-finite \(NaN/Inf\) steps in a row before step 4; .* last good "
+      r"checkpoint is step 2 in /ckpts")):
+    loop_lib.run_loop(_FakeState(0), bad, [_Recorder(2)], total=10,
+                      per_dispatch=1, max_nonfinite=2, stop=_NoStop(),
+                      ckpt=Ckpt)
 
 
 # ------------------------------------------------------------- logging
@@ -256,6 +358,7 @@ _LINE = re.compile(r"^jaxdiff: step (\d+)/4 \| loss ([0-9.]+) \| ([0-9.]+) "
                    r"s/step \| (\d+) img/s$", re.M)
 
 
+@pytest.mark.slow
 def test_step_time_log_line(full_run):
   out = full_run["stdout"]
   assert re.search(r"^jaxdiff: compiled and ran the first 1 step\(s\) in "
@@ -297,6 +400,7 @@ def _grid_size(num, h, w, scale=4, pad=2):
   return ((ncol * (w + pad) + pad) * scale, (nrow * (h + pad) + pad) * scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _tiny_configs())
 def test_smoke_train_and_sample(name, tmp_path, real_data_dir, monkeypatch):
   config = importlib.import_module(f"configs.{name}").get_config("tiny")
@@ -332,16 +436,17 @@ def test_smoke_train_and_sample(name, tmp_path, real_data_dir, monkeypatch):
   # loss.png is redrawn at every sample time, then at the end.
   assert curves[:2] == [1, 2] and os.path.isfile(tmp_path / "loss.png")
   # The checkpoint restores to the same parameters.
-  _, ema, step = run_lib.restore_params(config, str(tmp_path))
-  assert step == 2
-  _assert_close(_np(ema), _np(state.ema_params), rtol=0, atol=0)
+  restored = trained_lib.restore(config, str(tmp_path))
+  assert restored.step == 2
+  _assert_close(_np(restored.params), _np(state.ema_params), rtol=0, atol=0)
 
 
 def test_organamnist_unet_has_6_6m_parameters():
   config = organamnist.get_config()
   model = config_lib.build_model(config)
-  shapes = train.abstract_state(model, train.make_optimizer(config.training),
-                                train.image_shape(config))
+  s = config_lib.typed(config)
+  shapes = train.abstract_state(model, train.make_optimizer(s.training),
+                                s.data.image_shape)
   n = sum(math.prod(p.shape) for p in jax.tree.leaves(shapes.params))
   assert 6.2e6 <= n <= 7.0e6, n
 
@@ -359,10 +464,9 @@ def test_load_config_file_with_variant_and_root(tmp_path, monkeypatch):
 
 
 def test_lr_schedule_warmup_constant_then_cosine():
-  import ml_collections
-  tc = ml_collections.ConfigDict(dict(
+  tc = settings_lib.TrainingSettings(
       lr=1e-3, warmup_steps=10, num_train_steps=110, lr_decay="cosine",
-      lr_decay_start=50, lr_end_factor=0.1))
+      lr_decay_start=50, lr_end_factor=0.1)
   lr = train.lr_schedule(tc)
   np.testing.assert_allclose(float(lr(0)), 0.0)
   np.testing.assert_allclose(float(lr(5)), 5e-4, rtol=1e-6)
@@ -371,16 +475,15 @@ def test_lr_schedule_warmup_constant_then_cosine():
   # Half-way through the decay: lr * (alpha + (1 - alpha) / 2).
   np.testing.assert_allclose(float(lr(80)), 1e-3 * 0.55, rtol=1e-5)
   np.testing.assert_allclose(float(lr(110)), 1e-4, rtol=1e-5)
-  tc.lr_decay = "none"
-  np.testing.assert_allclose(float(train.lr_schedule(tc)(100)), 1e-3)
-  tc.lr_decay = "linear"
+  replace = lambda **kw: train.lr_schedule(dataclasses.replace(tc, **kw))
+  np.testing.assert_allclose(float(replace(lr_decay="none")(100)), 1e-3)
   with pytest.raises(ValueError, match="lr_decay"):
-    train.lr_schedule(tc)
-  tc.lr_decay, tc.lr_decay_start = "cosine", 200
+    replace(lr_decay="linear")
   with pytest.raises(ValueError, match="lr_decay_start"):
-    train.lr_schedule(tc)
+    replace(lr_decay_start=200)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mnist_ddpm", "organamnist"])
 def test_bfloat16_compute_keeps_float32_params(name):
   config = importlib.import_module(f"configs.{name}").get_config("tiny")
@@ -407,6 +510,7 @@ def test_unknown_model_dtype_is_a_clear_error():
     config_lib.build_model(config)
 
 
+@pytest.mark.slow
 def test_remat_unet_has_the_same_params_and_gradients():
   config = organamnist.get_config("tiny")
   plain = config_lib.build_model(config)

@@ -123,6 +123,26 @@ def test_schedules_figure(tmp_path):
   assert w > h > 300
 
 
+def test_schedules_figure_styles_draw_each_curve_as_given(tmp_path):
+  """A curve's style reaches its line: a pure red curve leaves red pixels,
+  which the default colours never do."""
+  t = np.linspace(0.001, 1, 200)
+  curves = {"a": (t, np.exp(-5 * t)), "b": (t, np.exp(-10 * t**2))}
+
+  def red_pixels(path):
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int(np.sum((rgb[..., 0] > 240) & (rgb[..., 1] < 30) &
+                      (rgb[..., 2] < 30)))
+
+  plain = viz.schedules_figure(tmp_path / "plain.png", curves)
+  styled = viz.schedules_figure(
+      tmp_path / "styled.png", curves, xlabel="t = i / T",
+      styles={"a": dict(color="#ff0000", lw=3.0),
+              "b": dict(color="black", ls="--")})
+  assert red_pixels(plain) == 0
+  assert red_pixels(styled) > 500
+
+
 # ----------------------------------------------------------------- reverse
 
 
@@ -152,6 +172,12 @@ def test_reverse_gif_frames_and_hold(tmp_path, channels):
     np.testing.assert_array_equal(first, expected[..., 0])
   else:  # GIF palette quantisation is lossy for RGB.
     assert np.mean(np.abs(first.astype(int) - expected)) < 12
+
+
+@pytest.mark.parametrize("writer", [viz.reverse_gif, viz.frame_strip])
+def test_trajectory_writers_reject_a_batch(tmp_path, writer):
+  with pytest.raises(ValueError, match="expected \\[K, N, H, W, C\\]"):
+    writer(tmp_path / "bad", _rand((3, 8, 8)))
 
 
 def test_frame_strip(tmp_path):

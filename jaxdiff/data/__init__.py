@@ -19,6 +19,7 @@ from jaxdiff.data.datasets import ORGANAMNIST_CLASSES
 from jaxdiff.data.datasets import read_idx
 from jaxdiff.data.datasets import read_medmnist_npz
 from jaxdiff.data.datasets import write_idx
+from jaxdiff.data.formats import to_model_range
 from jaxdiff.data.download import DataError
 from jaxdiff.data.download import DataNotFoundError
 from jaxdiff.data.download import KNOWN_SHA256
@@ -31,6 +32,6 @@ __all__ = [
     "CIFAR10_CLASSES", "class_names", "DATASETS", "DataError", "DataNotFoundError", "Dataset",
     "FASHION_MNIST_CLASSES", "KNOWN_SHA256", "MEDMNIST_CLASSES",
     "MEDMNIST_FLAGS", "ORGANAMNIST_CLASSES", "default_data_dir",
-    "download_file", "load", "read_idx", "read_medmnist_npz", "safe_extract",
+    "download_file", "load", "read_idx", "read_medmnist_npz", "safe_extract", "to_model_range",
     "verify_checksum", "verify_data_dir", "write_idx",
 ]

@@ -88,6 +88,12 @@ def make_dataset(images: np.ndarray, labels: np.ndarray,
 
 
 
+def to_model_range(images):
+  """uint8 pixels [0, 255] -> float32 in [-1, 1], the range every model and
+  metric of jaxdiff works in (numpy or JAX arrays, any shape)."""
+  return images.astype(np.float32) / 127.5 - 1.0
+
+
 # ------------------------------------------------------------------------ IDX
 
 

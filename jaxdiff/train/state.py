@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdiff.settings import TrainingSettings
+
 Array = jax.Array
 
 
@@ -25,8 +27,7 @@ class TrainingError(RuntimeError):
   """Training cannot go on (e.g. too many non-finite steps)."""
 
 
-def make_optimizer(
-    tc) -> optax.GradientTransformation:
+def make_optimizer(tc: TrainingSettings) -> optax.GradientTransformation:
   """AdamW with the learning rate of `lr_schedule` and optional clipping."""
   lr = lr_schedule(tc)
   parts = []
@@ -36,7 +37,7 @@ def make_optimizer(
   return optax.chain(*parts)
 
 
-def lr_schedule(tc) -> optax.Schedule:
+def lr_schedule(tc: TrainingSettings) -> optax.Schedule:
   """Learning rate against the optimizer's step count.
 
   Linear warm-up from 0 over `warmup_steps`, then constant `lr`; with
@@ -45,14 +46,17 @@ def lr_schedule(tc) -> optax.Schedule:
   count lives in the optimizer state, a run resumed with a larger
   `num_train_steps` and `lr_decay_start` at its current step keeps its
   constant phase and decays over the new steps only.
+
+  Raises:
+    ValueError: a non-positive lr, an unknown `lr_decay`, or a decay that
+      starts at or after `num_train_steps`.
   """
   if not (np.isfinite(tc.lr) and tc.lr > 0):
     raise ValueError(f"config.training.lr must be a finite number > 0, got "
                      f"{tc.lr}.")
-  decay = tc.get("lr_decay", "none")
-  if decay not in ("none", "cosine"):
+  if tc.lr_decay not in ("none", "cosine"):
     raise ValueError(f"config.training.lr_decay must be 'none' or 'cosine', "
-                     f"got {decay!r}.")
+                     f"got {tc.lr_decay!r}.")
   warmup = max(int(tc.warmup_steps), 0)
   # join_schedules hands each piece the steps since its own boundary.
   pieces, boundaries = [], []
@@ -60,15 +64,15 @@ def lr_schedule(tc) -> optax.Schedule:
     pieces.append(optax.linear_schedule(0.0, float(tc.lr), warmup))
     boundaries.append(warmup)
   pieces.append(optax.constant_schedule(float(tc.lr)))
-  if decay == "cosine":
-    start = max(int(tc.get("lr_decay_start", 0)), warmup)
+  if tc.lr_decay == "cosine":
+    start = max(int(tc.lr_decay_start), warmup)
     length = int(tc.num_train_steps) - start
     if length <= 0:
       raise ValueError(
           f"config.training.lr_decay_start ({start}, after warm-up) must be "
           f"below num_train_steps ({tc.num_train_steps}).")
     pieces.append(optax.cosine_decay_schedule(
-        float(tc.lr), length, alpha=float(tc.get("lr_end_factor", 0.0))))
+        float(tc.lr), length, alpha=float(tc.lr_end_factor)))
     boundaries.append(start)
   if len(pieces) == 1:
     return pieces[0]
@@ -113,9 +117,8 @@ def run_keys(seed: int) -> Tuple[Array, Array, Array]:
 
 
 def count_params(params) -> int:
+  """The number of scalars in a parameter tree."""
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
-
-
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:

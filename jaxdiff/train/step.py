@@ -1,4 +1,4 @@
-"""Training: a pure, data-parallel `train_step` and the loop around it.
+"""Training: a pure, data-parallel `train_step` and its jitted dispatch.
 
 The whole training split lives on every device as uint8; each step draws its
 global batch there from (seed, step) alone, so a resumed run sees exactly the
@@ -31,7 +31,9 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxdiff import losses
+from jaxdiff.settings import Settings
 from jaxdiff.train.state import TrainState, run_keys
+from jaxdiff.data import to_model_range
 
 Array = jax.Array
 
@@ -56,7 +58,7 @@ def draw_batch(images: Array, labels: Array, key: Array, step: Array, *,
   epoch, i = step // per_epoch, step % per_epoch
   perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
   idx = jax.lax.dynamic_slice(perm, (i * batch_size,), (batch_size,))
-  x = images[idx].astype(jnp.float32) / 127.5 - 1.0
+  x = to_model_range(images[idx])
   if random_flip:
     flip_key = jax.random.fold_in(key, np.uint32(0xFFFFFFFF))
     flip = jax.random.bernoulli(jax.random.fold_in(flip_key, step), 0.5,
@@ -128,33 +130,34 @@ def train_step(state: TrainState, x0: Array, labels: Optional[Array],
   return new_state, metrics
 
 
-def make_train_fn(config, apply_fn, tx, process, mesh, *,
+def make_train_fn(s: Settings, apply_fn, tx, process, mesh, *,
                   length: Optional[int] = None):
   """A jitted `(state, images, labels) -> (state, metrics)` of `length` steps.
 
-  The steps run in one `lax.scan`; keys come from `config.seed`, batches from
+  The steps run in one `lax.scan`; keys come from `s.seed`, batches from
   (seed, step). The batch is sharded over the mesh axis "data", everything
   else is replicated, and the state is donated.
 
   Args:
-    config: the run's config.
+    s: the run's settings (training, data.num_classes, data.random_flip,
+      seed).
     apply_fn: from `make_apply_fn`.
     tx: the optimiser.
     process: the forward process.
     mesh: a 1-D mesh with axis "data".
-    length: steps per call; default `config.training.steps_per_dispatch`.
+    length: steps per call; default `s.training.steps_per_dispatch`.
 
   Returns:
     The jitted function. Its metrics are means over the steps, except
     `nonfinite`: the longest run of skipped steps seen (int).
   """
-  tc = config.training
+  tc = s.training
   length = length or tc.steps_per_dispatch
   loss_kwargs = dict(
       lambda_freq=tc.lambda_freq, freq_weighting=tc.freq_weighting,
       time_sampling=tc.time_sampling, lognormal_mean=tc.lognormal_mean,
       lognormal_std=tc.lognormal_std,
-      num_classes=config.data.num_classes if tc.conditional else None,
+      num_classes=s.data.num_classes if tc.conditional else None,
       p_uncond=tc.p_uncond if tc.conditional else 0.0)
   step_fn = functools.partial(train_step, apply_fn=apply_fn, tx=tx,
                               process=process, ema_decay=tc.ema_decay,
@@ -163,13 +166,13 @@ def make_train_fn(config, apply_fn, tx, process, mesh, *,
   replicated = NamedSharding(mesh, P())
 
   def run(state, images, labels):
-    _, train_key, _ = run_keys(config.seed)
+    _, train_key, _ = run_keys(s.seed)
     data_key, step_key = jax.random.split(train_key)
 
     def body(state, _):
       x, y = draw_batch(images, labels, data_key, state.step,
                         batch_size=tc.batch_size,
-                        random_flip=config.data.random_flip)
+                        random_flip=s.data.random_flip)
       x = jax.lax.with_sharding_constraint(x, batch_sharding)
       y = jax.lax.with_sharding_constraint(y, batch_sharding)
       state, metrics = step_fn(state, x, y if tc.conditional else None,
@@ -188,5 +191,3 @@ def make_train_fn(config, apply_fn, tx, process, mesh, *,
 
   return jax.jit(run, in_shardings=(replicated, replicated, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
-
-

@@ -89,16 +89,20 @@ def _classify_numbers(workdir):
                       if k.startswith("psnr") or k == "t"}}
 
 
-def collect(data_dir=None):
+def collect_one(name, data_dir=None):
+  """{mode: numbers} of the run `name` of RUNS."""
+  (config, flags), = [(c, f) for n, c, f in RUNS if n == name]
   numbers = {}
   with tempfile.TemporaryDirectory() as tmp:
-    for name, config, flags in RUNS:
-      workdir = pathlib.Path(tmp) / name
-      numbers[name] = {}
-      for mode in MODES[name]:
-        _run(workdir, config, flags, mode, data_dir)
-        numbers[name][mode] = globals()[f"_{mode}_numbers"](workdir)
+    workdir = pathlib.Path(tmp) / name
+    for mode in MODES[name]:
+      _run(workdir, config, flags, mode, data_dir)
+      numbers[mode] = globals()[f"_{mode}_numbers"](workdir)
   return numbers
+
+
+def collect(data_dir=None):
+  return {name: collect_one(name, data_dir) for name, _, _ in RUNS}
 
 
 def main():

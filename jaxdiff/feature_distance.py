@@ -1,9 +1,9 @@
 """Sample quality: a Frechet distance in the features of a small classifier.
 
 A small CNN classifier (`FeatureCNN`) is trained once per data set and cached
-under `<cache_dir>/classifier_<dataset>/` (params.npz + meta.json). Its
+(`load_or_train_classifier`: params.npz + meta.json in one folder). Its
 penultimate layer (`feature_dim` = 128 by default, after ReLU) is the feature
-space of an FID-style Frechet distance:
+space of an FID-style Frechet distance (`sample_quality`):
 
 * `fd`: generated samples vs the whole test split;
 * `floor`: the same number of real training images vs the test split, i.e.
@@ -12,16 +12,13 @@ space of an FID-style Frechet distance:
   `real_confidence` on the real images), and `histogram`, the classes it
   assigns to the samples.
 
-The `eval` mode restores a trained model, draws `eval.num_samples` samples
-with `config.sampling` (method, steps, grid) and writes
-`<workdir>/eval_<method>_<steps>.json`:
+The settings are `jaxdiff.settings.EvalSettings` (`config.eval`); `--mode
+eval` (`jaxdiff/modes/eval.py`) scores the samples of a trained model:
 
     python launch.py --config configs/mnist_ddgm.py --workdir runs/ddgm \
         --mode eval
     python launch.py --config configs/mnist_ddpm.py --workdir runs/ddpm \
         --mode eval --config.sampling.method=ddim --config.sampling.steps=100
-
-Configs without an `eval` block use `EVAL_DEFAULTS`.
 """
 from __future__ import annotations
 
@@ -34,32 +31,16 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import traverse_util
 
-from jaxdiff import config as config_lib
-from jaxdiff import data as data_lib
 from jaxdiff import metrics
-from jaxdiff import train as train_lib
-from jaxdiff.run import MODES
-from jaxdiff.run import restore_params
+from jaxdiff.data import Dataset
+from jaxdiff.settings import EvalSettings
+from jaxdiff.data import to_model_range
 
 Array = jax.Array
-
-# Keys of `config.eval`, with the values used when a config has none.
-EVAL_DEFAULTS: Dict[str, Any] = dict(
-    num_samples=1000,           # generated images (and real floor images)
-    seed=0,                     # samples, floor subset and classifier init
-    cache_dir="",               # "" -> <workdir>/cache
-    feature_batch_size=500,     # classifier batch when extracting features
-    feature_dim=128,            # width of the penultimate (feature) layer
-    classifier_epochs=3,
-    classifier_batch_size=128,
-    classifier_lr=1e-3,
-    classifier_limit=0,         # train on the first N images (0: all)
-)
 
 _ARCH = "FeatureCNN(3x3 stride-2 convs 32-64-128, dense)"
 
@@ -102,7 +83,7 @@ class Classifier(NamedTuple):
 
 def _to_unit(images: Array) -> Array:
   """uint8 [B, H, W, C] -> float32 in [-1, 1]."""
-  return images.astype(jnp.float32) / 127.5 - 1.0
+  return to_model_range(images)
 
 
 def as_uint8(images: np.ndarray) -> np.ndarray:
@@ -250,54 +231,68 @@ def load_classifier_params(path: str):
   return traverse_util.unflatten_dict(flat, sep="/"), meta
 
 
-def load_or_train_classifier(dataset: str, cache_dir: str, *,
-                             data_dir: Optional[str] = None,
-                             epochs: int = 3, batch_size: int = 128,
-                             lr: float = 1e-3, limit: int = 0,
-                             feature_dim: int = 128, seed: int = 0,
-                             log: Callable[[str], None] = print) -> Classifier:
-  """The cached classifier of a data set, trained first if needed.
+def cache_settings(dataset: str, es: EvalSettings) -> Dict[str, Any]:
+  """What a cached classifier was trained with (its meta.json "settings")."""
+  return dict(dataset=dataset, arch=_ARCH, epochs=int(es.classifier_epochs),
+              batch_size=int(es.classifier_batch_size),
+              lr=float(es.classifier_lr), limit=int(es.classifier_limit),
+              feature_dim=int(es.feature_dim), seed=int(es.seed))
 
-  The cache `<cache_dir>/classifier_<dataset>/` is reused when its recorded
-  settings equal these; otherwise the classifier is retrained and the cache
-  overwritten.
+
+def load_or_train_classifier(path: str, es: EvalSettings, *, dataset: str,
+                             train: Dataset, test: Dataset,
+                             log: Callable[[str], None] = print
+                             ) -> Classifier:
+  """The classifier cached in `path`, trained (and cached) first if needed.
+
+  The cache is reused when its recorded settings (`cache_settings`) equal
+  these; otherwise the classifier is retrained and the cache overwritten.
 
   Args:
-    dataset: a `jaxdiff.data` name (mnist, fashion_mnist, ...).
-    cache_dir: the cache root.
-    data_dir: data root for `jaxdiff.data.load`.
-    epochs, batch_size, lr, feature_dim, seed: training settings.
-    limit: train on the first N training images (0: all).
+    path: the cache folder (params.npz and meta.json).
+    es: the classifier's settings (classifier_epochs, classifier_batch_size,
+      classifier_lr, classifier_limit, feature_dim, seed).
+    dataset: the data set's name (recorded with the settings).
+    train: the training split; the first `es.classifier_limit` images (0:
+      all) train the classifier.
+    test: the test split; gives K and the recorded test accuracy.
     log: progress messages.
 
   Returns:
-    A `Classifier` (test accuracy measured on the full test split).
+    A `Classifier` (test accuracy measured on the whole test split).
   """
-  path = os.path.join(cache_dir, f"classifier_{dataset}")
-  settings = dict(dataset=dataset, arch=_ARCH, epochs=int(epochs),
-                  batch_size=int(batch_size), lr=float(lr), limit=int(limit),
-                  feature_dim=int(feature_dim), seed=int(seed))
+  settings = cache_settings(dataset, es)
   params, meta = load_classifier_params(path)
-  test = data_lib.load(dataset, "test", data_dir=data_dir)
-  model = FeatureCNN(num_classes=test.num_classes, feature_dim=feature_dim)
+  model = FeatureCNN(num_classes=test.num_classes, feature_dim=es.feature_dim)
   if params is not None and meta.get("settings") == settings:
     return Classifier(model, params, float(meta["test_accuracy"]), path)
   if params is not None:
     log(f"jaxdiff: classifier cache {path} has other settings; retraining.")
-  ds = data_lib.load(dataset, "train", data_dir=data_dir, limit=limit or None)
-  log(f"jaxdiff: training the {dataset} classifier ({len(ds.images)} images, "
-      f"{epochs} epochs) -> {path}")
+  limit = es.classifier_limit or None
+  images, labels = train.images[:limit], train.labels[:limit]
+  log(f"jaxdiff: training the {dataset} classifier ({len(images)} images, "
+      f"{es.classifier_epochs} epochs) -> {path}")
   t0 = time.time()
   model, params = train_classifier(
-      ds.images, ds.labels, test.num_classes, epochs=epochs,
-      batch_size=batch_size, lr=lr, feature_dim=feature_dim, seed=seed)
+      images, labels, test.num_classes, epochs=es.classifier_epochs,
+      batch_size=es.classifier_batch_size, lr=es.classifier_lr,
+      feature_dim=es.feature_dim, seed=es.seed)
   train_seconds = time.time() - t0
   acc = accuracy(model, params, test.images, test.labels)
   save_classifier(path, params, dict(settings=settings, test_accuracy=acc,
                                      train_seconds=train_seconds,
-                                     num_train_images=len(ds.images)))
+                                     num_train_images=len(images)))
   log(f"jaxdiff: classifier test accuracy {acc:.4f} ({train_seconds:.0f} s).")
   return Classifier(model, params, acc, path)
+
+
+def floor_images(train_images: np.ndarray, num: int, seed: int) -> np.ndarray:
+  """min(num, N) distinct training images, in their order, drawn with
+  numpy's generator of `seed`: the real images of the floor distance."""
+  rng = np.random.default_rng(seed)
+  idx = rng.choice(len(train_images), min(num, len(train_images)),
+                   replace=False)
+  return train_images[np.sort(idx)]
 
 
 # ------------------------------------------------------------- the metric
@@ -350,100 +345,4 @@ def sample_quality(clf: Classifier, samples: np.ndarray,
   if labels is not None:
     result["label_agreement"] = float(
         np.mean(np.argmax(p_s, -1) == np.asarray(labels)))
-  return result
-
-
-# ------------------------------------------------------------- eval mode
-
-
-def eval_settings(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """config.eval merged over `EVAL_DEFAULTS` (unknown keys are an error)."""
-  settings = dict(EVAL_DEFAULTS)
-  given = config.get("eval")
-  if given is not None:
-    unknown = set(given.keys()) - set(settings)
-    if unknown:
-      raise ValueError(f"Unknown config.eval keys {sorted(unknown)}; known: "
-                       f"{sorted(settings)}.")
-    settings.update(dict(given))
-  if settings["num_samples"] < 2:
-    raise ValueError("config.eval.num_samples must be >= 2 for a Frechet "
-                     f"distance, got {settings['num_samples']}.")
-  return settings
-
-
-class _TimedSampleFn:
-  """Wraps a sample function, recording the wall time of each call."""
-
-  def __init__(self, fn):
-    self.fn = fn
-    self.seconds = []
-
-  def __call__(self, *args):
-    t0 = time.time()
-    out = jax.block_until_ready(self.fn(*args))
-    self.seconds.append(time.time() - t0)
-    return out
-
-
-@MODES.register("eval")
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Samples from the trained model and scores them; writes a JSON file.
-
-  Returns:
-    The result dict written to `<workdir>/eval_<method>_<steps>.json`.
-  """
-  ec = eval_settings(config)
-  sc = config.sampling
-  n = int(ec["num_samples"])
-  data_dir = config.data.data_dir or None
-  model, params, step = restore_params(config, workdir, use_ema=sc.use_ema)
-  process = config_lib.build_process(config)
-  mesh, params = train_lib.spread_for_sampling(config, params)
-  sample_fn = _TimedSampleFn(train_lib.make_sample_fn(config, model, process,
-                                                      mesh=mesh))
-  labels = None
-  if config.training.conditional:
-    labels = np.arange(n) % config.data.num_classes
-  key = jax.random.key(ec["seed"])
-  t0 = time.time()
-  samples = train_lib.generate(config, sample_fn, params, key, n, labels)
-  sample_seconds = time.time() - t0
-
-  clf = load_or_train_classifier(
-      config.data.name, ec["cache_dir"] or os.path.join(workdir, "cache"),
-      data_dir=data_dir, epochs=ec["classifier_epochs"],
-      batch_size=ec["classifier_batch_size"], lr=ec["classifier_lr"],
-      limit=ec["classifier_limit"], feature_dim=ec["feature_dim"],
-      seed=ec["seed"])
-  test = data_lib.load(config.data.name, "test", data_dir=data_dir)
-  train_ds = data_lib.load(config.data.name, "train", data_dir=data_dir)
-  rng = np.random.default_rng(ec["seed"])
-  floor_idx = rng.choice(len(train_ds.images), min(n, len(train_ds.images)),
-                         replace=False)
-  result = sample_quality(clf, samples, test.images,
-                          train_ds.images[np.sort(floor_idx)], labels=labels,
-                          batch_size=ec["feature_batch_size"])
-  later = sample_fn.seconds[1:]
-  result.update(
-      dataset=config.data.name, step=step, method=sc.method,
-      steps=int(sc.steps), grid=sc.grid,
-      sample_seconds=sample_seconds,
-      first_batch_seconds=sample_fn.seconds[0],  # includes compilation
-      images_per_second=(sc.batch_size * len(later) / sum(later)
-                         if later else None),
-      classifier_test_accuracy=clf.test_accuracy,
-      classifier_path=clf.path)
-  out = os.path.join(workdir, f"eval_{sc.method}_{sc.steps}.json")
-  # The first (up to) 64 scored samples, to look at beside the numbers.
-  from jaxdiff import viz  # pylint: disable=g-import-not-at-top
-  result["grid"] = viz.save_grid(
-      os.path.join(workdir, f"eval_{sc.method}_{sc.steps}.png"),
-      np.asarray(samples)[:64])
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"jaxdiff: eval {sc.method}/{sc.steps} at step {step}: "
-        f"FD {result['fd']:.3f} (floor {result['floor']:.3f}), confidence "
-        f"{result['confidence']:.3f}, histogram {result['histogram']}, "
-        f"{sample_seconds:.1f} s for {n} samples -> {out}", flush=True)
   return result
