@@ -8,12 +8,33 @@ Multi-host: run the same command on every host with JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID set (or under SLURM / Open MPI).
 SIGTERM or Ctrl-C saves a checkpoint and exits 0; the same command resumes.
 """
+import os
+import signal
+import sys
+
+
+def _stopped_early(signum, frame):
+  """SIGTERM while starting, before training installs its own handler
+  (which saves a checkpoint): nothing has been written yet."""
+  del signum, frame
+  print("jaxdiff: stopped by signal while starting; nothing was written. "
+        "Run the same command to start again.", flush=True)
+  sys.stdout.flush()
+  os._exit(0)  # pylint: disable=protected-access
+
+
+# Installed before the slow imports: an exception raised from a handler can
+# be swallowed inside them, so the handler exits at once.
+signal.signal(signal.SIGTERM, _stopped_early)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from jaxdiff import run as run_lib
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -30,6 +51,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  if FLAGS.mode != "train":  # Other modes write nothing until they finish.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
   run_lib.main(FLAGS.config, FLAGS.workdir, FLAGS.mode)
 
 

@@ -7,10 +7,12 @@ needs. Modules, schedules and samplers never see the whole config.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import numbers
 import os
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import jax.numpy as jnp
 import ml_collections
@@ -37,9 +39,91 @@ def typed(config: ConfigLike) -> Settings:
   return settings_lib.from_config(config)
 
 
+def _is_count(value: Any, minimum: int = 1) -> bool:
+  """Whether `value` is an int (not a bool) >= minimum."""
+  return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+          and value >= minimum)
+
+
+def _counts(kwargs: Mapping[str, Any], key: str, example: str, *,
+            empty: bool = False) -> Tuple[int, ...]:
+  """kwargs[key] as a tuple of positive ints (ValueError naming the key)."""
+  value = kwargs[key]
+  if (not isinstance(value, (tuple, list)) or not (value or empty)
+      or not all(_is_count(v) for v in value)):
+    raise ValueError(
+        f"config.model.kwargs.{key}={value!r} must be a "
+        f"{'' if empty else 'non-empty '}tuple of positive ints, e.g. "
+        f"--config.model.kwargs.{key}='{example}'.")
+  return tuple(int(v) for v in value)
+
+
+def _check_counts(kwargs: Mapping[str, Any], minimums: Mapping[str, int]):
+  for key, minimum in minimums.items():
+    if key in kwargs and not _is_count(kwargs[key], minimum):
+      raise ValueError(f"config.model.kwargs.{key}={kwargs[key]!r} must be an "
+                       f"int >= {minimum}.")
+
+
+def _check_unet(kwargs: Mapping[str, Any], image_size: int) -> None:
+  """U-Net kwargs against the image size (defaults: `UNet`'s own)."""
+  defaults = {f.name: f.default for f in dataclasses.fields(models_lib.UNet)
+              if f.default is not dataclasses.MISSING}
+  kwargs = {**defaults, **kwargs}
+  _check_counts(kwargs, {"ch": 1, "num_res_blocks": 0, "num_heads": 1})
+  ch_mult = _counts(kwargs, "ch_mult", "(1,2,2)")
+  attn = _counts(kwargs, "attn_resolutions", "(14,)", empty=True)
+  dropout = kwargs["dropout"]
+  if (not isinstance(dropout, numbers.Real) or isinstance(dropout, bool)
+      or not 0.0 <= dropout < 1.0):
+    raise ValueError(f"config.model.kwargs.dropout={dropout!r} must be a "
+                     "number in [0, 1).")
+  factor = 2 ** (len(ch_mult) - 1)
+  if image_size % factor:
+    below = factor * (image_size // factor)
+    sizes = " or ".join(str(n) for n in (below, below + factor) if n)
+    raise ValueError(
+        f"config.data.image_size={image_size} must be divisible by {factor} "
+        f"for the {len(ch_mult)} levels of config.model.kwargs.ch_mult="
+        f"{ch_mult}; use an image size of {sizes}, or fewer levels.")
+  sizes = [image_size // 2 ** level for level in range(len(ch_mult))]
+  missing = [r for r in attn if r not in sizes]
+  if missing:
+    raise ValueError(
+        f"config.model.kwargs.attn_resolutions={attn} asks for attention at "
+        f"{', '.join(map(str, missing))}, but with image_size={image_size} "
+        f"and ch_mult={ch_mult} the resolutions are "
+        f"{', '.join(map(str, sizes))}; use some of those (or () for none).")
+  heads, ch = kwargs["num_heads"], kwargs["ch"]
+  widths = sorted({ch * m for m, size in zip(ch_mult, sizes) if size in attn}
+                  | {ch * ch_mult[-1]})  # + the middle block's attention
+  if any(w % heads for w in widths):
+    divisors = [d for d in range(1, min(widths) + 1)
+                if all(w % d == 0 for w in widths)]
+    raise ValueError(
+        f"config.model.kwargs.num_heads={heads} must divide the channels of "
+        f"every attention layer ({', '.join(map(str, widths))}); use one of "
+        f"{', '.join(map(str, divisors[:8]))}.")
+
+
+def check_model(s: Settings) -> None:
+  """Raises ValueError (naming the key and what to use) for model kwargs the
+  network would reject late or silently ignore; checked before compiling."""
+  s.data.validate()
+  kwargs = dict(s.model.kwargs)
+  if s.model.name == "unet":
+    _check_unet(kwargs, s.data.image_size)
+  elif s.model.name == "cnn":
+    _check_counts(kwargs, {"kernel_size": 1, "last_kernel_size": 1,
+                           "time_embeddings": 1})
+    if "hidden" in kwargs:
+      _counts(kwargs, "hidden", "(16,32,32,16)")
+
+
 def build_model(config: ConfigLike):
-  """The network named by model.name with model.kwargs."""
+  """The network named by model.name with model.kwargs (checked first)."""
   s = typed(config)
+  check_model(s)
   kwargs = {k: tuple(v) if isinstance(v, list) else v
             for k, v in dict(s.model.kwargs).items()}
   if s.training.conditional:

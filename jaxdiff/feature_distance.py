@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import time
+import zipfile
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -35,6 +36,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from jaxdiff import files
 from jaxdiff import metrics
 from jaxdiff.data import Dataset
 from jaxdiff.settings import EvalSettings
@@ -209,25 +211,36 @@ def accuracy(model: FeatureCNN, params, images: np.ndarray,
 
 
 def save_classifier(path: str, params, meta: Dict[str, Any]) -> None:
-  """Writes params.npz (flattened 'a/b/c' keys) and meta.json under path."""
-  os.makedirs(path, exist_ok=True)
+  """Writes params.npz (flattened 'a/b/c' keys) and meta.json under path.
+
+  Each file is written atomically, meta.json last and only after the old one
+  is removed: a failed save never pairs new parameters with old settings.
+  """
+  meta_file = os.path.join(path, "meta.json")
+  if os.path.isfile(meta_file):
+    os.remove(meta_file)
   flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-  np.savez(os.path.join(path, "params.npz"),
-           **{k: np.asarray(v) for k, v in flat.items()})
-  with open(os.path.join(path, "meta.json"), "w") as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
+  with files.atomic_write(os.path.join(path, "params.npz")) as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
+  files.write_json(meta_file, meta, sort_keys=True)
 
 
 def load_classifier_params(path: str):
-  """(params, meta) from `save_classifier`, or (None, None) if absent."""
+  """(params, meta) from `save_classifier`, or (None, None) if absent or
+  unreadable (the caller then trains and saves a new classifier)."""
   p_file, m_file = (os.path.join(path, "params.npz"),
                     os.path.join(path, "meta.json"))
   if not (os.path.isfile(p_file) and os.path.isfile(m_file)):
     return None, None
-  with open(m_file) as f:
-    meta = json.load(f)
-  with np.load(p_file) as z:
-    flat = {k: jnp.asarray(z[k]) for k in z.files}
+  try:
+    with open(m_file) as f:
+      meta = json.load(f)
+    with np.load(p_file, allow_pickle=False) as z:
+      flat = {k: jnp.asarray(z[k]) for k in z.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+    return None, None
+  if not isinstance(meta, dict):
+    return None, None
   return traverse_util.unflatten_dict(flat, sep="/"), meta
 
 
@@ -264,7 +277,8 @@ def load_or_train_classifier(path: str, es: EvalSettings, *, dataset: str,
   settings = cache_settings(dataset, es)
   params, meta = load_classifier_params(path)
   model = FeatureCNN(num_classes=test.num_classes, feature_dim=es.feature_dim)
-  if params is not None and meta.get("settings") == settings:
+  if (params is not None and meta.get("settings") == settings
+      and "test_accuracy" in meta):
     return Classifier(model, params, float(meta["test_accuracy"]), path)
   if params is not None:
     log(f"jaxdiff: classifier cache {path} has other settings; retraining.")

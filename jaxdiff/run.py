@@ -2,16 +2,19 @@
 
 `main(config, workdir, mode)` is what `launch.py` calls. Each mode is a
 module of `jaxdiff/modes/` with a `run(config, workdir)`; errors a user can
-fix are printed as one line.
+fix, file-system faults among them (read-only, disk full, a file where a
+directory belongs), are printed as one line.
 """
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import sys
 
 from jaxdiff import checkpoint as ckpt_lib
 from jaxdiff import distributed
+from jaxdiff import workdir as workdir_lib
 from jaxdiff.train import TrainingError
 
 # Mode name -> the module of `jaxdiff/modes/` whose `run(config, workdir)`
@@ -34,8 +37,12 @@ def mode_fn(mode: str):
   return importlib.import_module(MODES[mode]).run
 
 
-_USER_ERRORS = (ValueError, FileNotFoundError, ckpt_lib.CheckpointError,
-                TrainingError)
+# Errors whose message says what to do, in the order they are looked for:
+# these first, then a file-system fault anywhere in the chain of causes
+# (`workdir.os_error_in`), then bad values.
+_RUN_ERRORS = (ckpt_lib.CheckpointError, TrainingError,
+               workdir_lib.WorkdirError)
+_VALUE_ERRORS = (ValueError, FileNotFoundError)
 
 
 def fail(message: str, code: int = 2):
@@ -92,12 +99,60 @@ def parse_flags(argv):
   return args
 
 
+def check_workdir(config, workdir: str, mode: str) -> None:
+  """Before a mode that reads a run: the workdir is a directory (or absent)
+  that takes the mode's files, and a note when a run is training there.
+
+  Training checks and locks its workdir itself (`train.train_and_evaluate`).
+
+  Raises:
+    WorkdirError: the workdir is a file, or read-only, full or not writable
+      for this user.
+  """
+  if mode == "train":
+    return
+  elsewhere = mode == "denoise" and bool(
+      (config.get("denoise") or {}).get("out_dir"))
+  workdir_lib.prepare(workdir, create=False, writable=not elsewhere)
+  holder = workdir_lib.training_holder(workdir)
+  if holder and distributed.is_main():
+    print(f"jaxdiff: training is running in {workdir} ({holder}); using its "
+          "newest checkpoint.", flush=True)
+
+
+class _NoFileSystemTracebacks(logging.Filter):
+  """Background writers (Orbax's save thread) log a file-system fault with
+  its traceback before it reaches `main`, which prints it as one line: their
+  log line keeps the message and drops the traceback."""
+
+  def filter(self, record):
+    exc = record.exc_info[1] if record.exc_info else None
+    os_error = workdir_lib.os_error_in(exc) if exc is not None else None
+    if os_error is not None:
+      record.msg = f"{record.getMessage()} ({os_error.strerror})"
+      record.args, record.exc_info, record.exc_text = (), None, None
+    return True
+
+
+_FILE_SYSTEM_FILTER = _NoFileSystemTracebacks()
+
+
 def main(config, workdir, mode):
   """Runs a mode; user errors become one line on stderr and exit code 2."""
+  logging.getLogger("absl").addFilter(_FILE_SYSTEM_FILTER)  # Once.
   try:
     distributed.set_cpu_devices(config.get("cpu_devices", 0),
                                 config.training.batch_size)
     distributed.initialize()
-    return mode_fn(mode)(config, workdir)
-  except _USER_ERRORS as e:
-    fail(str(e))
+    run = mode_fn(mode)
+    check_workdir(config, workdir, mode)
+    return run(config, workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, _RUN_ERRORS):
+      fail(str(e))
+    os_error = workdir_lib.os_error_in(e)
+    if os_error is not None:
+      fail(workdir_lib.describe_os_error(os_error, workdir))
+    if isinstance(e, _VALUE_ERRORS):
+      fail(str(e))
+    raise

@@ -27,11 +27,18 @@ def _dict(**kwargs) -> Any:
   return dataclasses.field(default_factory=lambda: dict(kwargs))
 
 
+def _is_int(value: Any, minimum: int) -> bool:
+  """Whether `value` is an int (not a bool) >= minimum."""
+  return (isinstance(value, int) and not isinstance(value, bool)
+          and value >= minimum)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
   """`config.data`: which images, where from, their shape."""
   name: str = "mnist"
   data_dir: str = ""          # "" -> $JAXDIFF_DATA_DIR or ~/.cache/jaxdiff/data
+  path: str = ""              # name 'folder': <path>[/<split>]/<class>/<image>
   split: str = "train"
   limit: int = 0              # use only the first N training images (0: all)
   image_size: int = 28
@@ -43,6 +50,23 @@ class DataSettings:
   def image_shape(self) -> Tuple[int, int, int]:
     """[H, W, C] of one image."""
     return (self.image_size, self.image_size, self.channels)
+
+  def load_kwargs(self) -> Dict[str, Any]:
+    """`jaxdiff.data.load`'s options for the folder: path, size, channels."""
+    return {"path": self.path, "image_size": self.image_size,
+            "channels": self.channels} if self.name == "folder" else {}
+
+  def validate(self) -> "DataSettings":
+    for name in ("image_size", "channels", "num_classes"):
+      if not _is_int(getattr(self, name), 1):
+        raise ValueError(f"config.data.{name}={getattr(self, name)!r} must "
+                         "be an int >= 1.")
+    if not _is_int(self.limit, 0):
+      raise ValueError(f"config.data.limit={self.limit!r} must be >= 0.")
+    if self.name == "folder" and not self.path:
+      raise ValueError("The 'folder' data set needs --config.data.path="
+                       "<directory of class sub-folders>.")
+    return self
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -95,15 +119,22 @@ class TrainingSettings:
   checkpoint_every: int = 1000
   keep_checkpoints: int = 3
   max_nonfinite: int = 10     # stop after this many bad steps in a row
+  # Resume although keys that change results differ from the workdir's
+  # config.json (see jaxdiff.workdir.RESUMABLE); the changes are printed.
+  resume_with_changes: bool = False
 
   def validate(self) -> "TrainingSettings":
+    if not _is_int(self.batch_size, 1):
+      raise ValueError(f"config.training.batch_size={self.batch_size!r} must "
+                       "be >= 1 (the global batch, split over the devices).")
     if self.steps_per_dispatch < 1:
       raise ValueError("config.training.steps_per_dispatch must be >= 1.")
     if self.log_every < 1:
       raise ValueError("config.training.log_every must be >= 1.")
     if self.max_nonfinite < 1:
       raise ValueError("config.training.max_nonfinite must be >= 1.")
-    for name in ("num_train_steps", "checkpoint_every", "sample_every"):
+    for name in ("num_train_steps", "checkpoint_every", "sample_every",
+                 "warmup_steps"):
       if getattr(self, name) < 0:
         raise ValueError(f"config.training.{name} must be >= 0.")
     return self
@@ -388,6 +419,13 @@ class Settings:
       default_factory=ClassifySettings)
   denoise: DenoiseSettings = dataclasses.field(default_factory=DenoiseSettings)
 
+  def validate(self) -> "Settings":
+    """Checks data, training and sampling (`config.build_model`: the model)."""
+    self.data.validate()
+    self.training.validate()
+    self.sampling.validate()
+    return self
+
 
 SECTIONS: Dict[str, Type[Any]] = {
     f.name: f.default_factory for f in dataclasses.fields(Settings)
@@ -443,11 +481,12 @@ def section(config: ml_collections.ConfigDict, name: str) -> Any:
 
 
 def from_config(config: ml_collections.ConfigDict) -> Settings:
-  """The whole config as typed `Settings` (absent sections: defaults)."""
+  """The whole config as typed, validated `Settings` (absent sections:
+  defaults); a bad value is a ValueError naming the key."""
   sections = {name: section(config, name) for name in SECTIONS}
   top = {f.name: config.get(f.name, f.default)
          for f in dataclasses.fields(Settings) if f.name not in SECTIONS}
-  return Settings(**top, **sections)
+  return Settings(**top, **sections).validate()
 
 
 def to_dict(settings: Any) -> Dict[str, Any]:

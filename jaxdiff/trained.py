@@ -43,6 +43,33 @@ def has_checkpoint(workdir: str) -> bool:
       for name in os.listdir(d))
 
 
+@jax.jit
+def _all_finite(tree) -> Array:
+  """[] bool: no NaN or Inf in any floating leaf of `tree`."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def all_finite(tree) -> bool:
+  """Whether every floating array of `tree` is finite (one jitted
+  reduction on the arrays' devices, one scalar to the host)."""
+  return bool(_all_finite(tree))
+
+
+def refuse_nonfinite(tree, step: int, directory: str,
+                     what: str = "parameters") -> None:
+  """Raises CheckpointError if checkpoint `step`'s `tree` is not finite."""
+  if all_finite(tree):
+    return
+  raise ckpt_lib.CheckpointError(
+      f"Checkpoint {step} in {directory} holds non-finite (NaN/Inf) {what}: "
+      "the run diverged before it was saved. Move that step folder out of "
+      f"{directory} to use an older checkpoint, or train again with a lower "
+      "config.training.lr (or config.training.grad_clip) in a fresh "
+      "--workdir.")
+
+
 def check_sampler(method: str, grid: str = "uniform") -> None:
   """Raises ValueError (saying what to use) for an unknown sampler or grid."""
   if method not in samplers.SAMPLERS:
@@ -211,9 +238,14 @@ def restore(config, workdir: str, *, use_ema: bool = True) -> Trained:
     use_ema: take the EMA parameters (else the raw ones).
 
   Raises:
-    CheckpointError: no checkpoint, none readable, or one that does not fit
-      the model the config describes (the message says what to do).
+    CheckpointError: no checkpoint, none readable, one that does not fit
+      the model the config describes, or non-finite parameters (the message
+      says what to do).
   """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ckpt_lib.CheckpointError(
+        f"--workdir {workdir} is a file, not a run directory; give the "
+        "--workdir of a training run.")
   s = config_lib.typed(config)
   model = config_lib.build_model(s)
   process = config_lib.build_process(s)
@@ -229,5 +261,7 @@ def restore(config, workdir: str, *, use_ema: bool = True) -> Trained:
       raise ckpt_lib.CheckpointError(missing)
     state = ckpt.restore(target)
   params = state.ema_params if use_ema else state.params
+  refuse_nonfinite(params, int(state.step), ckpt_dir,
+                   "EMA parameters" if use_ema else "parameters")
   return Trained(settings=s, model=model, params=params, step=int(state.step),
                  process=process)

@@ -14,13 +14,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 
 import jax
 import numpy as np
 import pytest
+
+import launch_helpers  # pylint: disable=g-bad-import-order
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -39,15 +40,7 @@ TIMEOUT = 420
 
 
 def _env():
-  env = dict(os.environ)
-  env.update(
-      PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
-      JAX_COMPILATION_CACHE_DIR=os.environ.get("JAXDIFF_TEST_JIT_CACHE")
-      or os.path.join(tempfile.gettempdir(), "jaxdiff_test_jit_cache"))
-  for k in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
-            "JAX_PROCESS_ID", "JAXDIFF_DISTRIBUTED"):
-    env.pop(k, None)
-  return env
+  return launch_helpers.launch_env()
 
 
 def _launch(workdir, *args):

@@ -228,7 +228,7 @@ def test_nonfinite_run_stops_and_keeps_last_good_checkpoint(full_run,
   workdir = tmp_path / "run"
   shutil.copytree(full_run["workdir"], workdir)
   config = _tiny(num_train_steps=20, max_nonfinite=3, checkpoint_every=1,
-                 lambda_freq=float("nan"))
+                 lambda_freq=float("nan"), resume_with_changes=True)
   with pytest.raises(train.TrainingError) as e:
     _train(config, workdir)
   msg = str(e.value)

@@ -24,12 +24,12 @@ import numpy as np
 from jaxdiff.data import download as _download
 from jaxdiff.data.download import DataError
 from jaxdiff.data.download import DataNotFoundError
-from jaxdiff.data.formats import (IMAGE_EXTENSIONS, Dataset, _check_limit,
-                                  decode_images, make_dataset,
+from jaxdiff.data.formats import (Dataset, _check_limit, make_dataset,
                                   read_cifar_bin, read_idx,
                                   read_image_tar, read_medmnist_npz,
                                   write_cifar_bin, write_idx)
 from jaxdiff.data.formats import _IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC
+from jaxdiff.data.imagefiles import IMAGE_EXTENSIONS, decode_images
 from jaxdiff.registry import Registry
 
 
@@ -103,8 +103,9 @@ _MNIST_FILES = {
 }
 _MNIST_URLS = {
     "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "fashion_mnist":
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    # The official files (KNOWN_SHA256), from the data set's repository.
+    "fashion_mnist": "https://raw.githubusercontent.com/zalandoresearch/"
+                     "fashion-mnist/master/data/fashion/",
 }
 _CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 _MEDMNIST_URL = "https://zenodo.org/records/10519652"
@@ -433,9 +434,10 @@ def load_folder(data_dir: Optional[str] = None, split: str = "train", *,
     DataError: unreadable image or differing sizes without `image_size`.
   """
   del data_dir
-  if path is None:
-    raise ValueError("The 'folder' data set needs path=<directory of class "
-                     "sub-folders>.")
+  if not path:
+    raise ValueError("The 'folder' data set needs a path: set "
+                     "--config.data.path=<directory of class sub-folders> "
+                     "(path= in Python).")
   if channels not in (None, 1, 3):
     raise ValueError(f"channels must be 1, 3 or None, got {channels!r}.")
   limit = _check_limit(limit)

@@ -3,7 +3,9 @@
 IDX (MNIST, gzipped or not), CIFAR-10's binary batches, a tar of
 `<split>/<class>/*.jpg` images, and MedMNIST's npz; plus `Dataset`, the
 validated container every reader returns. A malformed file raises `DataError`
-with the path and what to do. numpy, Pillow and the standard library only.
+with the path and what to do; images are decoded by `imagefiles` (with its
+limits), and a file is written whole or not at all. numpy, Pillow and the
+standard library only.
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ import os
 import tarfile
 import zipfile
 import zlib
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (IO, Callable, Dict, List, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 import numpy as np
-from PIL import Image
 
+from jaxdiff.data import imagefiles
 from jaxdiff.data.download import DataError
+from jaxdiff.data.imagefiles import IMAGE_EXTENSIONS
 
 
 class Dataset(NamedTuple):
@@ -36,8 +40,6 @@ class Dataset(NamedTuple):
   class_names: Tuple[str, ...]
 
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-
 _IDX_IMAGES_MAGIC = 2051
 _IDX_LABELS_MAGIC = 2049
 _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8),
@@ -45,7 +47,20 @@ _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 _CIFAR_RECORD = 1 + 32 * 32 * 3  # label byte + channel-major 32x32x3 pixels
-_CIFAR_RECORD = 1 + 32 * 32 * 3  # label byte + channel-major 32x32x3 pixels
+
+
+def _write_whole(path: str, write: Callable[[IO[bytes]], None]) -> None:
+  """Calls write(file) on a temporary file beside `path`, then renames it
+  onto `path`: a failed write leaves no partial file."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  try:
+    with open(tmp, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def _check_limit(limit: Optional[int]) -> Optional[int]:
@@ -85,7 +100,6 @@ def make_dataset(images: np.ndarray, labels: np.ndarray,
   return Dataset(images=np.require(images, np.uint8, ["C", "W"]),
                  labels=labels.astype(np.int32), num_classes=num_classes,
                  class_names=tuple(class_names))
-
 
 
 def to_model_range(images):
@@ -179,10 +193,13 @@ def write_idx(path: str, array: np.ndarray) -> None:
   array = np.ascontiguousarray(array, dtype=np.uint8)
   header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
       int(d).to_bytes(4, "big") for d in array.shape)
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "wb") as f:
-    f.write(header + array.tobytes())
-
+  def write(f):
+    if path.endswith(".gz"):
+      with gzip.GzipFile(filename=path, mode="wb", fileobj=f) as gz:
+        gz.write(header + array.tobytes())
+    else:
+      f.write(header + array.tobytes())
+  _write_whole(path, write)
 
 
 # ------------------------------------------------------------------- CIFAR-10
@@ -239,8 +256,7 @@ def write_cifar_bin(path: str, images: np.ndarray, labels: np.ndarray) -> None:
   records = np.concatenate(
       [np.asarray(labels, np.uint8).reshape(-1, 1),
        images.reshape(images.shape[0], -1)], axis=1)  # [N, 3073]
-  with open(path, "wb") as f:
-    f.write(records.tobytes())
+  _write_whole(path, lambda f: f.write(records.tobytes()))
 
 
 def read_image_tar(path: str, split: str, class_names: Sequence[str],
@@ -284,7 +300,7 @@ def read_image_tar(path: str, split: str, class_names: Sequence[str],
           raise DataError(
               f"{path}: member {member.name!r} is in unknown class folder "
               f"{cls!r}; expected one of {', '.join(class_names)}.")
-        entries.append((index[cls], fname, tar.extractfile(member).read()))
+        entries.append((index[cls], fname, _read_member(path, tar, member)))
   except (tarfile.TarError, EOFError, zlib.error) as e:
     raise DataError(
         f"{path}: unreadable tar archive ({type(e).__name__}: {e}); delete it "
@@ -304,12 +320,10 @@ def read_image_tar(path: str, split: str, class_names: Sequence[str],
     entries = entries[:limit]
   images: List[np.ndarray] = []
   for label, fname, data in entries:
-    try:
-      with Image.open(io.BytesIO(data)) as img:
-        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)  # [H, W, 3]
-    except OSError as e:
-      raise DataError(f"{path}: cannot decode {split}/{class_names[label]}/"
-                      f"{fname} ({e}).") from e
+    img = imagefiles.decoded(
+        f"{path}: {split}/{class_names[label]}/{fname}",
+        lambda d=data: imagefiles.converted(io.BytesIO(d), "RGB"))
+    arr = np.asarray(img, dtype=np.uint8)  # [H, W, 3]
     want = size or (images[0].shape[:2] if images else arr.shape[:2])
     if arr.shape[:2] != tuple(want):
       raise DataError(
@@ -321,6 +335,17 @@ def read_image_tar(path: str, split: str, class_names: Sequence[str],
     return np.zeros((0,) + tuple(size or (0, 0)) + (3,), np.uint8), labels
   return np.stack(images), labels  # [N, H, W, 3], [N]
 
+
+def _read_member(path: str, tar: tarfile.TarFile,
+                 member: tarfile.TarInfo) -> bytes:
+  """A member's bytes, refused unread when over `MAX_IMAGE_BYTES`."""
+  cap = imagefiles.MAX_IMAGE_BYTES
+  if member.size > cap:
+    raise DataError(
+        f"{path}: member {member.name!r} is {member.size} bytes, more than "
+        f"the {cap} an image may have; the archive is corrupt or "
+        "not an image data set.")
+  return tar.extractfile(member).read(member.size)  # size checked above
 
 
 # ------------------------------------------------------------------- MedMNIST
@@ -384,55 +409,3 @@ def read_medmnist_npz(path: str, split: str, class_names: Sequence[str],
     raise DataError(
         f"{path}: {label_key} has shape {labels.shape}; expected [N, 1].")
   return make_dataset(images, labels.reshape(-1), class_names, path, limit)
-
-
-
-# ------------------------------------------------------------------- images
-
-
-def _is_gray_file(path: str) -> bool:
-  """Whether an image file is grayscale (reads only its header)."""
-  try:
-    with Image.open(path) as img:
-      return img.mode in ("1", "L", "LA", "I", "I;16", "F")
-  except OSError as e:
-    raise DataError(f"{path}: cannot decode image ({e}).") from e
-
-
-def decode_images(files: Sequence[str], channels: Optional[int] = None,
-                  size: Optional[Tuple[int, int]] = None) -> np.ndarray:
-  """Decodes image files into one uint8 array.
-
-  Args:
-    files: the image paths, in order.
-    channels: 1 (grayscale) or 3 (RGB); None picks 1 if every image is
-      grayscale, else 3.
-    size: (height, width) to resize to (bicubic); None keeps the sizes, which
-      must then all agree.
-
-  Returns:
-    [N, H, W] (grayscale) or [N, H, W, 3] uint8.
-
-  Raises:
-    DataError: an unreadable image, or differing sizes without `size`.
-  """
-  if channels is None:
-    channels = 1 if all(_is_gray_file(f) for f in files) else 3
-  mode = "L" if channels == 1 else "RGB"
-  arrays: List[np.ndarray] = []
-  for file in files:
-    try:
-      with Image.open(file) as img:
-        img = img.convert(mode)
-    except OSError as e:
-      raise DataError(f"{file}: cannot decode image ({e}).") from e
-    if size is not None and img.size != (size[1], size[0]):
-      img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-    arr = np.asarray(img, dtype=np.uint8)  # [H, W] or [H, W, 3]
-    if arrays and arr.shape != arrays[0].shape:
-      raise DataError(
-          f"{file} is {arr.shape[1]}x{arr.shape[0]} but {files[0]} is "
-          f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; pass image_size= to "
-          "resize.")
-    arrays.append(arr)
-  return np.stack(arrays)  # [N, H, W] or [N, H, W, 3]

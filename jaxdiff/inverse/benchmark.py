@@ -36,13 +36,21 @@ Progress = Optional[Callable[[int], None]]  # called with rows done
 
 
 def check_settings(ds: DenoiseSettings) -> DenoiseSettings:
-  """Raises ValueError for unknown method, operator or noise model names and
-  bad counts; returns `ds`."""
+  """Raises ValueError for unknown method, operator, noise model, sampler or
+  grid names and bad counts; returns `ds`."""
   for name in ds.method_names:
     METHODS.get(name)
   OPERATORS.get(ds.operator)
   NOISE_MODELS.get(ds.noise_model)
+  _check_name("sampler", ds.sampler, samplers.SAMPLERS)
+  _check_name("grid", ds.grid, samplers.GRIDS)
   return ds.validate()
+
+
+def _check_name(key: str, name: str, registry) -> None:
+  if name not in registry:
+    raise ValueError(f"Unknown config.denoise.{key} {name!r}; use one of "
+                     f"{', '.join(registry.names())}.")
 
 
 def make_problem(ds: DenoiseSettings, image_shape: Sequence[int], *,
@@ -68,8 +76,10 @@ def method_settings(ds: DenoiseSettings,
       snr, ...); `ds.clip_denoised` replaces their clip_denoised.
 
   Raises:
-    ValueError: clip_denoised with a sampler that cannot clip.
+    ValueError: an unknown sampler, or clip_denoised with a sampler that
+      cannot clip.
   """
+  _check_name("sampler", ds.sampler, samplers.SAMPLERS)
   options = dict(sampler_options)
   if ds.sampler in CLIPPING_SAMPLERS:
     options["clip_denoised"] = bool(ds.clip_denoised)

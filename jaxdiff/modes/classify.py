@@ -7,7 +7,6 @@ time per image against the number of pairs, Tweedie denoising PSNR with and
 without the label), `confusion.png` and `denoise.png`.
 """
 import dataclasses
-import json
 import os
 from typing import Any, Dict
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from jaxdiff import classifier
 from jaxdiff import data as data_lib
+from jaxdiff import files
 from jaxdiff import settings as settings_lib
 from jaxdiff import trained as trained_lib
 from jaxdiff import viz
@@ -25,7 +25,7 @@ def _load_images(s: settings_lib.Settings) -> data_lib.Dataset:
   """The images to classify; ValueError when they do not fit the model."""
   dc, cs = s.data, s.classify
   ds = data_lib.load(dc.name, cs.split, data_dir=dc.data_dir or None,
-                     limit=cs.num_images)
+                     limit=cs.num_images, **dc.load_kwargs())
   if ds.images.shape[1:] != dc.image_shape:
     raise ValueError(
         f"Data set {dc.name!r} has images {ds.images.shape[1:]} but the "
@@ -139,7 +139,6 @@ def run(config, workdir: str) -> Dict[str, Any]:
   if cs.denoise_sigma > 0:
     report["denoise"] = _denoise(trained, ds, cs, out_dir)
 
-  with open(os.path.join(out_dir, "classify.json"), "w") as f:
-    json.dump(report, f, indent=2)
+  files.write_json(os.path.join(out_dir, "classify.json"), report)
   print(_summary_line(report, s, out_dir), flush=True)
   return report

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxdiff import config as config_lib
 from jaxdiff import data as data_lib
+from jaxdiff import files
 from jaxdiff import inverse
 from jaxdiff import settings as settings_lib
 from jaxdiff import trained as trained_lib
@@ -32,11 +33,10 @@ Results = Dict[str, Dict[str, Any]]
 def write_results(out_dir: str, results: Results, header: Dict[str, Any]):
   """Writes metrics.json and metrics.csv (long format: one row per method
   and image, plus a 'mean' row per method with its wall time)."""
-  os.makedirs(out_dir, exist_ok=True)
-  json_path = os.path.join(out_dir, "metrics.json")
-  with open(json_path, "w") as f:
-    json.dump(dict(header, results=results), f, indent=1)
-  with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
+  json_path = files.write_json(os.path.join(out_dir, "metrics.json"),
+                              dict(header, results=results), indent=1)
+  with files.atomic_write(os.path.join(out_dir, "metrics.csv"), "w",
+                          newline="") as f:
     w = csv.writer(f)
     w.writerow(["method", "image", "psnr", "ssim", "wall_time_s",
                 "compile_time_s"])
@@ -92,7 +92,8 @@ def _load_images(s: settings_lib.Settings) -> np.ndarray:
   """The first num_images images of the split, [N, H, W, C] in [-1, 1]."""
   ds = s.denoise
   data = data_lib.load(s.data.name, ds.data_split,
-                       data_dir=s.data.data_dir or None, limit=ds.num_images)
+                       data_dir=s.data.data_dir or None, limit=ds.num_images,
+                       **s.data.load_kwargs())
   x = data_lib.to_model_range(data.images)
   if x.shape[1:] != s.data.image_shape:
     raise ValueError(f"Data set images are {x.shape[1:]} but the model "
@@ -110,9 +111,9 @@ def _write_figures(out_dir: str, ds, x, outputs, results: Results):
       ssim={k: np.asarray(results[k]["ssim"][:nrow]) for k in outputs},
       max_rows=nrow,
       title=f"{ds.operator}, sigma={ds.sigma} ({ds.noise_model} likelihood)")
-  np.savez_compressed(os.path.join(out_dir, "reconstructions.npz"),
-                      clean=viz.to_uint8(x),
-                      **{k: viz.to_uint8(v) for k, v in outputs.items()})
+  with files.atomic_write(os.path.join(out_dir, "reconstructions.npz")) as f:
+    np.savez_compressed(f, clean=viz.to_uint8(x),
+                        **{k: viz.to_uint8(v) for k, v in outputs.items()})
 
 
 def run(config, workdir: str) -> Dict[str, Any]:

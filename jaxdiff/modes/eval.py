@@ -7,7 +7,6 @@ first (up to) 64 scored samples `eval_<method>_<steps>.png`. The feature
 classifier is cached in `<config.eval.cache_dir or workdir/cache>/
 classifier_<dataset>/`.
 """
-import json
 import os
 import time
 from typing import Any, Callable, Dict, List
@@ -17,6 +16,7 @@ import numpy as np
 
 from jaxdiff import data as data_lib
 from jaxdiff import feature_distance
+from jaxdiff import files
 from jaxdiff import settings as settings_lib
 from jaxdiff import trained as trained_lib
 from jaxdiff import viz
@@ -57,8 +57,10 @@ def run(config, workdir: str) -> Dict[str, Any]:
                              sample_fn=sample_fn)
   sample_seconds = time.time() - t0
 
-  test = data_lib.load(s.data.name, "test", data_dir=data_dir)
-  train = data_lib.load(s.data.name, "train", data_dir=data_dir)
+  test = data_lib.load(s.data.name, "test", data_dir=data_dir,
+                       **s.data.load_kwargs())
+  train = data_lib.load(s.data.name, "train", data_dir=data_dir,
+                        **s.data.load_kwargs())
   clf = feature_distance.load_or_train_classifier(
       os.path.join(es.cache_dir or os.path.join(workdir, "cache"),
                    f"classifier_{s.data.name}"),
@@ -79,8 +81,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
       classifier_path=clf.path)
   name = os.path.join(workdir, f"eval_{sc.method}_{sc.steps}")
   result["grid"] = viz.save_grid(name + ".png", np.asarray(samples)[:64])
-  with open(name + ".json", "w") as f:
-    json.dump(result, f, indent=2)
+  files.write_json(name + ".json", result)
   print(f"jaxdiff: eval {sc.method}/{sc.steps} at step {trained.step}: "
         f"FD {result['fd']:.3f} (floor {result['floor']:.3f}), confidence "
         f"{result['confidence']:.3f}, histogram {result['histogram']}, "

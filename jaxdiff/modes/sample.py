@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from jaxdiff import data as data_lib
+from jaxdiff import files
 from jaxdiff import settings as settings_lib
 from jaxdiff import trained as trained_lib
 from jaxdiff import viz
@@ -36,8 +37,8 @@ def run(config, workdir: str):
   out = os.path.join(workdir, name + ".png")
   viz.save_grid(out, images, ncol=(num // len(rows)) if rows else None,
                 row_labels=rows)
-  np.savez_compressed(os.path.join(workdir, name + ".npz"),
-                      images=viz.to_uint8(images),
-                      labels=labels if labels is not None else np.zeros(0))
+  with files.atomic_write(os.path.join(workdir, name + ".npz")) as f:
+    np.savez_compressed(f, images=viz.to_uint8(images),
+                        labels=labels if labels is not None else np.zeros(0))
   print(f"jaxdiff: {num} samples from step {trained.step} ({sc.method}, "
         f"{sc.steps} steps) -> {out}")

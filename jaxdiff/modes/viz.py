@@ -91,7 +91,7 @@ class Job:
     """(images float32 [N, H, W, C] in [-1, 1], labels int32 [N])."""
     dc = self.settings.data
     ds = data_lib.load(dc.name, split, data_dir=dc.data_dir or None,
-                       limit=limit)
+                       limit=limit, **dc.load_kwargs())
     if len(ds.images) == 0:
       raise ValueError(f"Data set {dc.name!r} has no {split} images; set "
                        "config.data.name to one that has.")

@@ -20,9 +20,10 @@ import jax
 import numpy as np
 
 from jaxdiff import distributed
+from jaxdiff import files
 from jaxdiff import trained as trained_lib
 from jaxdiff.settings import Settings
-from jaxdiff.train.state import run_keys
+from jaxdiff.train.state import TrainingError, run_keys
 
 Record = Optional[Dict[str, float]]
 
@@ -137,17 +138,59 @@ def log_line(record: Dict[str, float], total: int) -> str:
   return " | ".join(parts)
 
 
+def drop_records_after(path: str, step: int) -> int:
+  """Rewrites a metrics file without the records of steps after `step`.
+
+  A run killed after its last checkpoint logged steps that its resumed run
+  logs again; dropping them keeps each step once. Lines that are not a
+  record (one cut short by the kill) go too. The file is replaced
+  atomically (a temporary file, then a rename).
+
+  Returns:
+    The number of lines dropped.
+  """
+  if not os.path.exists(path):
+    return 0
+  keep, dropped = [], 0
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        record = None
+      if (isinstance(record, dict)
+          and isinstance(record.get("step"), (int, float))
+          and record["step"] <= step):
+        keep.append(line if line.endswith("\n") else line + "\n")
+      elif line.strip():
+        dropped += 1
+  if dropped:
+    files.write_text(path, "".join(keep))
+  return dropped
+
+
 class Log(Hook):
-  """Every `log_every` steps and at the end: a line and metrics.jsonl."""
+  """Every `log_every` steps and at the end: a line and metrics.jsonl.
+
+  metrics.jsonl keeps the records up to `initial` (the step the run starts
+  from) and gets the new ones appended.
+  """
   at_end = True
 
   def __init__(self, workdir: str, every: int, total: int,
-               lr_at: Callable[[int], Any], clock: Clock, console: Console):
+               lr_at: Callable[[int], Any], clock: Clock, console: Console,
+               initial: int = 0):
     self.every, self.total = every, total
     self.lr_at, self.clock, self.console = lr_at, clock, console
     self.file = None
     if distributed.is_main():
-      self.file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      dropped = drop_records_after(path, initial)
+      if dropped:
+        console.line(f"jaxdiff: dropped {dropped} line(s) past step "
+                     f"{initial} from {path} (logged by an earlier run after "
+                     "its last checkpoint).")
+      self.file = open(path, "a", encoding="utf-8")
 
   def __call__(self, step, state, record):
     record = dict(record, step=step, lr=float(self.lr_at(step)))
@@ -162,24 +205,54 @@ class Log(Hook):
       self.file.close()
 
 
+def unsaved_reason(state) -> Optional[str]:
+  """Why `state` must not be saved, or None: non-finite steps just before
+  it, or a NaN/Inf in its parameters, EMA or optimiser state."""
+  streak = int(state.nonfinite)
+  if streak:
+    return f"the last {streak} step(s) were non-finite and skipped"
+  if not trained_lib.all_finite((state.params, state.ema_params,
+                                 state.opt_state)):
+    return "its parameters, EMA or optimiser state hold NaN/Inf"
+  return None
+
+
 class Save(Hook):
   """Every `checkpoint_every` steps, a checkpoint of a state right after a
-  good step; `finish` saves the last step and waits for the writes."""
+  good step; `finish` saves the last step and waits for the writes.
+
+  A state after non-finite steps, or with a NaN/Inf anywhere, is never
+  saved: the periodic save is skipped with a note, and `finish` raises
+  TrainingError instead of saving the last step.
+  """
 
   def __init__(self, ckpt, every: int, config_json: dict, console: Console):
     self.ckpt, self.every = ckpt, every
     self.config_json, self.console = config_json, console
 
+  def _last_good(self) -> str:
+    last = self.ckpt.latest_step()
+    return (f"the last good checkpoint is step {last}" if last is not None
+            else "no checkpoint has been written")
+
   def __call__(self, step, state, record):
-    streak = int(state.nonfinite)
-    if streak:  # Only states right after a good step are saved.
-      self.console.line(f"jaxdiff: no checkpoint at step {step}: the last "
-                        f"{streak} step(s) were non-finite and skipped.")
+    reason = unsaved_reason(state)
+    if reason:
+      self.console.line(f"jaxdiff: no checkpoint at step {step}: {reason}; "
+                        f"{self._last_good()}.")
     else:
       self.ckpt.save(step, state, self.config_json)
 
   def finish(self, step, state):
     if self.ckpt.latest_step() != step:
+      reason = unsaved_reason(state)
+      if reason:
+        self.ckpt.wait()
+        raise TrainingError(
+            f"Training ended at step {step} without saving it: {reason}; "
+            f"{self._last_good()} in {self.ckpt.directory}. Lower "
+            "config.training.lr or set config.training.grad_clip, and check "
+            "the data for NaNs.")
       self.ckpt.save(step, state, self.config_json, force=True)
     self.ckpt.wait()
 

@@ -7,8 +7,8 @@ The config becomes typed `Settings` once, here; nothing below sees it.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import logging
 import os
 import signal
@@ -24,6 +24,7 @@ from jaxdiff import config as config_lib
 from jaxdiff import data as data_lib
 from jaxdiff import distributed
 from jaxdiff import trained as trained_lib
+from jaxdiff import workdir as workdir_lib
 from jaxdiff.settings import DataSettings, Settings
 from jaxdiff.train import hooks as hooks_lib
 from jaxdiff.train.state import (TrainState, TrainingError, abstract_state,
@@ -51,7 +52,7 @@ def check_batch(batch_size: int, n_devices: int, n_images: int):
 def load_train_data(d: DataSettings) -> data_lib.Dataset:
   """The training images (uint8 [N, H, W, C]) and labels of `d`."""
   ds = data_lib.load(d.name, d.split, data_dir=d.data_dir or None,
-                     limit=d.limit or None)
+                     limit=d.limit or None, **d.load_kwargs())
   _, h, w, c = ds.images.shape
   if (h, w, c) != d.image_shape:
     raise ValueError(
@@ -152,7 +153,12 @@ def run_loop(state: TrainState, dispatch: Dispatch,
 def _initial_state(ckpt, target, init: Callable[[], TrainState]
                    ) -> TrainState:
   """The newest readable checkpoint (unreadable ones set aside), else
-  `init()`."""
+  `init()`.
+
+  Raises:
+    CheckpointError: the checkpoint holds NaN/Inf (saved by an older version
+      from a diverged run); the message says what to do.
+  """
   if ckpt.latest_step() is None:
     return init()
   state = ckpt.restore(target)
@@ -160,6 +166,9 @@ def _initial_state(ckpt, target, init: Callable[[], TrainState]
     ckpt.set_aside_unreadable(move=distributed.is_main())
     distributed.sync("jaxdiff_set_aside")
     ckpt.reload()
+  trained_lib.refuse_nonfinite(
+      (state.params, state.ema_params, state.opt_state), int(state.step),
+      ckpt.directory, "parameters, EMA or optimiser state")
   if distributed.is_main():
     print(f"jaxdiff: resumed from step {int(state.step)}.", flush=True)
   return state
@@ -184,7 +193,7 @@ def _hooks(s: Settings, workdir: str, ckpt, config_json: dict, stop,
   clock = hooks_lib.Clock(console, tc.batch_size, step)
   return [clock,
           hooks_lib.Log(workdir, tc.log_every, tc.num_train_steps,
-                        lr_schedule(tc), clock, console),
+                        lr_schedule(tc), clock, console, initial=step),
           console,
           hooks_lib.Save(ckpt, tc.checkpoint_every, config_json, console),
           hooks_lib.Sample(s, workdir, apply_fn, process, mesh, stop, clock)]
@@ -198,13 +207,110 @@ def _announce(s: Settings, ds, n_params: int) -> None:
           f"{jax.process_count()} process(es).", flush=True)
 
 
+@contextlib.contextmanager
+def _training_lock(workdir: str):
+  """Holds `workdir`'s lock while training (`jaxdiff.workdir.Lock`).
+
+  Process 0 takes it (the processes of one run share the workdir); when it
+  cannot, every process raises.
+  """
+  lock, error = workdir_lib.Lock(workdir), None
+  if distributed.is_main():
+    try:
+      lock.acquire()
+    except workdir_lib.WorkdirError as e:
+      error = e
+  if distributed.any_process(error is not None):
+    raise error or workdir_lib.WorkdirError(
+        f"Process 0 could not lock --workdir {workdir}; see its error.")
+  try:
+    yield lock
+  finally:
+    lock.release()
+
+
+def resume_config(config, workdir: str, allow_changes: bool = False) -> dict:
+  """The run's config JSON, checked against the one `workdir` was trained
+  with; process 0 then writes it to `<workdir>/config.json`.
+
+  A workdir with a checkpoint is resumed. Its saved config
+  (`<workdir>/config.json`, else the newest checkpoint's) is compared with
+  `config`: every change is printed, and a change of a key that changes
+  results (any but `jaxdiff.workdir.RESUMABLE`) is refused unless
+  `allow_changes`. Keys the saved config lacks are no change.
+
+  Raises:
+    ValueError: naming the changes and what to do; config.json is left as
+      it was.
+  """
+  config_json = config_lib.to_json(config)
+  if trained_lib.has_checkpoint(workdir):
+    saved = (workdir_lib.read_config(workdir) or ckpt_lib.read_config(
+        os.path.join(workdir, "checkpoints")) or {})
+    changes = workdir_lib.config_changes(saved, config_json)
+    refused = [c for c in changes if not workdir_lib.is_resumable(c[0])]
+    if refused and not allow_changes:
+      raise ValueError(
+          f"--workdir {workdir} holds a run trained with another config: "
+          f"{workdir_lib.format_changes(refused)}. Resume with the config it "
+          "was trained with, use a fresh --workdir, or pass "
+          "--config.training.resume_with_changes=True to go on with these "
+          "changes.")
+    if changes and distributed.is_main():
+      print("jaxdiff: resuming with config changes: "
+            f"{workdir_lib.format_changes(changes)}.", flush=True)
+  if distributed.is_main():
+    workdir_lib.write_config(workdir, config_json)
+  return config_json
+
+
+def _state_bytes(target: TrainState) -> int:
+  """Bytes of a state's arrays: about the size of one checkpoint."""
+  return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize
+                 for x in jax.tree.leaves(target)))
+
+
+def _check_space(workdir: str, state_bytes: int, keep: int) -> None:
+  """Raises WorkdirError unless the disk holds the checkpoints to come.
+
+  Orbax writes a new checkpoint before it deletes the oldest: `keep` + 1
+  of them at a time, less those already there, and 1 MiB for the rest.
+  """
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  there = sum(name.isdigit() for name in os.listdir(ckpt_dir)
+              ) if os.path.isdir(ckpt_dir) else 0
+  n = max(max(keep, 1) + 1 - there, 1)
+  workdir_lib.check_space(workdir, n * state_bytes + 2**20,
+                          f"{n} more checkpoint(s) of this model")
+
+
+def _report_stop(directory: str, resumed: bool, start: int, step: int
+                 ) -> None:
+  """The last line of a run stopped by a signal (process 0)."""
+  if step > start:
+    print(f"jaxdiff: stopped by signal at step {step}; checkpoint saved in "
+          f"{directory}/{step}. Run the same command to resume.", flush=True)
+  elif not resumed:
+    print("jaxdiff: stopped by signal before the first step; nothing to "
+          "save yet. Run the same command to start again.", flush=True)
+  else:
+    print(f"jaxdiff: stopped by signal before the first step; nothing new "
+          f"to save (checkpoint {start} in {directory} is unchanged). "
+          "Run the same command to resume.", flush=True)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> TrainState:
   """Trains per config, writing checkpoints, metrics and samples to workdir.
 
-  Resumes from the newest readable checkpoint in `<workdir>/checkpoints`.
-  Every process of a multi-host run calls this; process 0 writes the logs,
-  metrics.jsonl, loss.png, config.json and sample grids.
+  Resumes from the newest readable checkpoint in `<workdir>/checkpoints`
+  (with the config it was trained with: `resume_config`). Holds the
+  workdir's lock (`jaxdiff.workdir.Lock`) from the start: a second run on
+  it fails at once. A stop signal (SIGTERM, Ctrl-C) from the start on ends
+  the run after the current step with a checkpoint, or before the first
+  with nothing saved. Every process of a multi-host run calls this;
+  process 0 writes the logs, metrics.jsonl, loss.png, config.json and
+  sample grids.
 
   Args:
     config: the run's config (see configs/base.py; `Settings` also do).
@@ -214,28 +320,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The final TrainState (replicated over every device).
 
   Raises:
-    ValueError / FileNotFoundError: bad config or data (the message says what
-      to change).
-    CheckpointError: the checkpoints in workdir do not fit the model.
-    TrainingError: `max_nonfinite` non-finite steps in a row; the checkpoints
-      written before stay as they were.
+    ValueError / FileNotFoundError: bad config or data, or a resume with a
+      config that changes results (the message says what to change).
+    WorkdirError: the workdir is a file, cannot be written, lacks the space
+      for a checkpoint, or is in use by another training run.
+    CheckpointError: the checkpoints in workdir do not fit the model or
+      hold NaN/Inf.
+    TrainingError: `max_nonfinite` non-finite steps in a row, or a last
+      state after non-finite steps; the checkpoints written before stay as
+      they were.
   """
-  s = config_lib.typed(config)
-  tc = s.training.validate()
+  with StopFlag() as stop:
+    s = config_lib.typed(config)
+    s.training.validate()
+    config_lib.check_model(s)
+    workdir_lib.prepare(workdir, create=True)
+    with _training_lock(workdir):
+      config_json = resume_config(config, workdir,
+                                  s.training.resume_with_changes)
+      return _train(s, workdir, config_json, stop)
+
+
+def _train(s: Settings, workdir: str, config_json: dict,
+           stop: StopFlag) -> TrainState:
+  """`train_and_evaluate` in a prepared, locked workdir."""
+  tc = s.training
   model = config_lib.build_model(s)
   process = config_lib.build_process(s)  # Registers its own samplers.
   trained_lib.check_sampler(s.sampling.method, s.sampling.grid)
   s.sampling.validate()
   tx = make_optimizer(tc)
-  os.makedirs(workdir, exist_ok=True)
-  ds = load_train_data(s.data)
   mesh = make_mesh()
-  check_batch(tc.batch_size, jax.device_count(), len(ds.images))
-  apply_fn = make_apply_fn(model)
   replicated = NamedSharding(mesh, P())
   target = abstract_state(model, tx, s.data.image_shape, replicated)
+  _check_space(workdir, _state_bytes(target), tc.keep_checkpoints)
+  ds = load_train_data(s.data)
+  check_batch(tc.batch_size, jax.device_count(), len(ds.images))
+  apply_fn = make_apply_fn(model)
   _announce(s, ds, count_params(target.params))
-  config_json = config_lib.to_json(config)
   init = jax.jit(lambda: init_state(model, tx, run_keys(s.seed)[0],
                                     s.data.image_shape),
                  out_shardings=replicated)
@@ -243,27 +365,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                              max_to_keep=tc.keep_checkpoints) as ckpt:
     state = _initial_state(ckpt, target, init)
-    if distributed.is_main():
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config_json, f, indent=2)
+    hooks_lib.unsaved_reason(state)  # Compiles the NaN/Inf check untimed.
+    start, resumed = int(state.step), ckpt.latest_step() is not None
     dispatch = _dispatcher(s, ds, apply_fn, tx, process, mesh)
-    with StopFlag() as stop:
-      hooks = _hooks(s, workdir, ckpt, config_json, stop, apply_fn, process,
-                     mesh, int(state.step))
-      try:
-        state, step = run_loop(
-            state, dispatch, hooks, total=tc.num_train_steps,
-            per_dispatch=tc.steps_per_dispatch,
-            max_nonfinite=tc.max_nonfinite, stop=stop, ckpt=ckpt)
+    hooks = _hooks(s, workdir, ckpt, config_json, stop, apply_fn, process,
+                   mesh, start)
+    try:
+      state, step = run_loop(
+          state, dispatch, hooks, total=tc.num_train_steps,
+          per_dispatch=tc.steps_per_dispatch,
+          max_nonfinite=tc.max_nonfinite, stop=stop, ckpt=ckpt)
+      if step > start or not stop.requested:
         for hook in hooks:
           hook.finish(step, state)
-      finally:
-        for hook in hooks:
-          hook.close()
+    finally:
+      for hook in hooks:
+        hook.close()
   if distributed.is_main():
     hooks_lib.write_loss_curve(workdir)
     if stop.requested:
-      print(f"jaxdiff: stopped by signal at step {step}; checkpoint saved in "
-            f"{ckpt.directory}/{step}. Run the same command to resume.",
-            flush=True)
+      _report_stop(ckpt.directory, resumed, start, step)
   return state

@@ -28,13 +28,23 @@ class TrainingError(RuntimeError):
 
 
 def make_optimizer(tc: TrainingSettings) -> optax.GradientTransformation:
-  """AdamW with the learning rate of `lr_schedule` and optional clipping."""
-  lr = lr_schedule(tc)
-  parts = []
-  if tc.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(tc.grad_clip))
-  parts.append(optax.adamw(lr, weight_decay=tc.weight_decay))
-  return optax.chain(*parts)
+  """AdamW with the learning rate of `lr_schedule` after gradient clipping.
+
+  The state has one structure for every `grad_clip`: global-norm clipping
+  and its stand-in when `grad_clip = 0`, `optax.identity` (which leaves the
+  gradients bit for bit as they are), both keep an empty state. A run can
+  therefore resume with clipping switched on or off.
+
+  Raises:
+    ValueError: a negative or non-finite `grad_clip`.
+  """
+  if not (np.isfinite(tc.grad_clip) and tc.grad_clip >= 0):
+    raise ValueError(f"config.training.grad_clip must be a finite number >= 0 "
+                     f"(0 disables clipping), got {tc.grad_clip}.")
+  clip = (optax.clip_by_global_norm(tc.grad_clip) if tc.grad_clip > 0
+          else optax.identity())
+  return optax.chain(clip, optax.adamw(lr_schedule(tc),
+                                       weight_decay=tc.weight_decay))
 
 
 def lr_schedule(tc: TrainingSettings) -> optax.Schedule:

@@ -1,5 +1,6 @@
 """The drawing canvas shared by the figure writers: uint8 conversion,
-batches of images, headless matplotlib figures and file writing."""
+batches of images, headless matplotlib figures and file writing (atomic:
+a failed write leaves no partial file, see `jaxdiff.files`)."""
 from __future__ import annotations
 
 import math
@@ -10,6 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 from PIL import Image
+
+from jaxdiff import files
 
 PathLike = Union[str, os.PathLike]
 
@@ -54,11 +57,28 @@ def as_batch(images: np.ndarray, name: str = "images") -> np.ndarray:
   return images
 
 
-def prepare(path: PathLike) -> str:
-  """Creates the parent directory of `path`; returns it as a string."""
+def file_format(path: PathLike) -> str:
+  """The image format named by `path`'s extension ("png" if none)."""
+  ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+  return ext or "png"
+
+
+def save_image(image: Image.Image, path: PathLike, image_format: str,
+               **kwargs) -> str:
+  """Writes a PIL image atomically (`jaxdiff.files.atomic_write`).
+
+  Args:
+    image: the image (the first frame of an animation).
+    path: the destination.
+    image_format: PIL's format name, e.g. "PNG" or "GIF".
+    **kwargs: PIL's save options (save_all, append_images, ...).
+
+  Returns:
+    The path written.
+  """
   path = os.fspath(path)
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
+  with files.atomic_write(path) as f:
+    image.save(f, format=image_format, **kwargs)
   return path
 
 
@@ -70,9 +90,12 @@ def new_figure(figsize: Tuple[float, float]) -> Figure:
 
 def save_figure(fig: Figure, path: PathLike, dpi: float = 150,
                  tight: bool = True) -> str:
-  path = prepare(path)
+  """Writes a figure atomically, in the format of `path`'s extension."""
+  path = os.fspath(path)
   kwargs = {"bbox_inches": "tight", "pad_inches": 0.05} if tight else {}
-  fig.savefig(path, dpi=dpi, facecolor="white", **kwargs)
+  with files.atomic_write(path) as f:
+    fig.savefig(f, format=file_format(path), dpi=dpi, facecolor="white",
+                **kwargs)
   return path
 
 

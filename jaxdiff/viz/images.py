@@ -12,8 +12,9 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from jaxdiff.viz.canvas import (FONT_SIZE, PathLike, as_batch, format_time,
-                                grid_shape, new_figure, pil_image, prepare,
-                                save_figure, show, to_uint8, upscale)
+                                grid_shape, new_figure, pil_image,
+                                save_figure, save_image, show, to_uint8,
+                                upscale)
 
 
 def as_trajectory(trajectory: np.ndarray, name: str) -> np.ndarray:
@@ -85,9 +86,7 @@ def save_grid(path: PathLike, images: np.ndarray, *,
   """
   grid = upscale(make_grid(images, ncol=ncol), scale)  # [H', W', C]
   if row_labels is None and title is None:
-    path = prepare(path)
-    pil_image(grid).save(path, format="PNG")
-    return path
+    return save_image(pil_image(grid), path, "PNG")
 
   images = as_batch(images)
   n, h, _, _ = images.shape
@@ -197,10 +196,8 @@ def reverse_gif(path: PathLike, trajectory: np.ndarray, *,
             for i in range(k)]
   durations = [int(duration_ms)] * k
   durations[-1] = int(duration_ms) * (1 + max(0, int(final_hold)))
-  path = prepare(path)
-  frames[0].save(path, format="GIF", save_all=True,
-                 append_images=frames[1:], duration=durations, loop=0)
-  return path
+  return save_image(frames[0], path, "GIF", save_all=True,
+                    append_images=frames[1:], duration=durations, loop=0)
 
 
 def frame_strip(path: PathLike, trajectory: np.ndarray,
