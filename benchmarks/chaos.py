@@ -63,6 +63,7 @@ import numpy as np
 
 from jaxdiff import checkpoint as ckpt_lib
 from jaxdiff import config as config_lib
+from jaxdiff import files
 from jaxdiff import train as train_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -731,8 +732,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     out = args.out if os.path.isabs(args.out) else os.path.join(ROOT,
                                                                 args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-      json.dump(result, f, indent=1)
+    files.write_json(out, result, indent=1)
     print(f"wrote {out}")
   return result
 

@@ -11,7 +11,6 @@ import struct
 import sys
 import tarfile
 import types
-import zipfile
 
 import numpy as np
 import pytest
