@@ -87,6 +87,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxdiff import config as config_lib
+from jaxdiff import denoiser as denoiser_lib
 from jaxdiff import distributed
 from jaxdiff import samplers as samplers_lib
 from jaxdiff import schedules as schedules_lib
@@ -731,8 +732,10 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
   eval_apply = train_lib.make_apply_fn(model)
 
   def reverse_step(params, x, t, s, key):
-    eps_fn = samplers_lib.model_eps_fn(eval_apply, params)
-    stepper = samplers_lib.make_sampler("ddpm", process, eps_fn)
+    # The PyTorch mirror is a noise-prediction network: so is this one.
+    denoise_fn = denoiser_lib.model_denoiser(
+        eval_apply, params, process, denoiser_lib.eps_prediction())
+    stepper = samplers_lib.make_sampler("ddpm", process, denoise_fn)
     return stepper.step(stepper.init(x), t, s, samplers_lib.Noise(key))["x"]
 
   params = holder["state"].params

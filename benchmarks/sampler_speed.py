@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import denoiser as denoiser_lib
 from jaxdiff import metrics
 from jaxdiff import samplers as samplers_lib
 from jaxdiff import sde as sde_lib
@@ -65,13 +66,13 @@ def load_config(spec: str):
 
 
 def build(config):
-  """(model, sde) from the config."""
+  """(model, sde, parameterization) from the config."""
   from jaxdiff import config as config_lib  # pylint: disable=g-import-not-at-top
   model = config_lib.build_model(config)
   sde = config_lib.build_process(config)
   sde_lib.check_gaussian(sde, "sampler_speed (it benchmarks the Gaussian "
                          "samplers)")
-  return model, sde
+  return model, sde, config_lib.build_parameterization(config)
 
 
 def init_params(model, key, image_shape):
@@ -93,8 +94,11 @@ def steps_for_nfe(stepper: samplers_lib.Stepper, sde, nfe: int, grid: str):
   """The grid whose NFE is closest to `nfe` (ties: the cheaper one).
 
   integrate spends nfe_per_step per transition plus 1 for the final denoising
-  step, so heun and pc (2 per step) can only hit odd NFEs.
+  step, so heun and pc (2 per step) can only hit odd NFEs. grid 'default':
+  the sampler's own (`Stepper.grid`).
   """
+  if grid == "default":
+    grid = stepper.grid
   k = stepper.nfe_per_step
   best = None
   for steps in {max(1, (nfe - 1) // k + 1), max(1, (nfe - 1) // k + 2)}:
@@ -126,39 +130,41 @@ def timed(fn: Callable[[], Any], repeats: int) -> Dict[str, Any]:
               wall_all=wall, cpu_all=cpu)
 
 
-def make_sampler_fn(name: str, sde, apply_fn, ts, options: Dict[str, Any]):
+def make_sampler_fn(name: str, sde, param, apply_fn, ts,
+                    options: Dict[str, Any]):
   """(params, x_init, key) -> samples: jitted scan sampler over ts."""
   def run(params, x_init, key):
-    eps_fn = samplers_lib.model_eps_fn(apply_fn, params)
-    stepper = samplers_lib.make_sampler(name, sde, eps_fn, **options)
+    denoise_fn = denoiser_lib.model_denoiser(apply_fn, params, sde, param)
+    stepper = samplers_lib.make_sampler(name, sde, denoise_fn, **options)
     return samplers_lib.integrate(stepper, x_init, ts, key, sde=sde,
-                                  eps_fn=eps_fn)
+                                  denoise_fn=denoise_fn)
   return jax.jit(run)
 
 
 def integrator_only_time(name: str, sde, ts, options: Dict[str, Any],
                          x_init: Array, key: Array, repeats: int):
-  """Wall/CPU time of the sampler with a free network (eps = w x, w traced).
+  """Wall/CPU time of the sampler with a free network (eps = w x, w traced,
+  read as a noise prediction).
 
   Everything but the network (step math, RNG, time broadcasting, the loop)
   at the same shape and grid: a direct, load-robust measure of the overhead.
   """
   def run(w, x_init, key):
-    eps_fn = lambda x, t: w * x
-    stepper = samplers_lib.make_sampler(name, sde, eps_fn, **options)
+    denoise_fn = denoiser_lib.eps_denoiser(sde, lambda x, t: w * x)
+    stepper = samplers_lib.make_sampler(name, sde, denoise_fn, **options)
     return samplers_lib.integrate(stepper, x_init, ts, key, sde=sde,
-                                  eps_fn=eps_fn)
+                                  denoise_fn=denoise_fn)
   w = jnp.float32(0.1)
   compiled = jax.jit(run).lower(w, x_init, key).compile()
   jax.block_until_ready(compiled(w, x_init, key))
   return timed(lambda: compiled(w, x_init, key), max(repeats, 5))
 
 
-def python_loop_sampler(name: str, sde, apply_fn, params, ts,
+def python_loop_sampler(name: str, sde, param, apply_fn, params, ts,
                         options: Dict[str, Any]):
   """The same sampler driven step by step from Python (jitted steps)."""
-  eps_fn = samplers_lib.model_eps_fn(apply_fn, params)
-  stepper = samplers_lib.make_sampler(name, sde, eps_fn, **options)
+  denoise_fn = denoiser_lib.model_denoiser(apply_fn, params, sde, param)
+  stepper = samplers_lib.make_sampler(name, sde, denoise_fn, **options)
   step = jax.jit(lambda state, t, s, key: stepper.step(
       state, t, s, samplers_lib.Noise(key, draw=stepper.draw)))
   init = jax.jit(stepper.init)
@@ -167,7 +173,7 @@ def python_loop_sampler(name: str, sde, apply_fn, params, ts,
 
   @jax.jit
   def denoise(x, t):
-    return sde.eps_to_x0(x, eps_fn(x, jnp.full(x.shape[:1], t)), t)
+    return denoise_fn(x, jnp.full(x.shape[:1], t)).x0
 
   def run(x_init, key):
     state = init(x_init)
@@ -191,7 +197,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                  help="comma list (default 10,20,50,100,250,1000; quick 10,20)")
   p.add_argument("--samplers", default="all", help="'all' or a comma list")
   p.add_argument("--grid", default="uniform",
-                 help=f"time grid: {', '.join(samplers_lib.GRIDS.names())}")
+                 help=f"time grid: {', '.join(samplers_lib.GRIDS.names())} "
+                      "or 'default' (each sampler's own)")
   p.add_argument("--repeats", type=int, default=None,
                  help="timed calls per point (default 3; quick 2)")
   p.add_argument("--warmup", type=int, default=1,
@@ -235,23 +242,24 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   args = parse_args(argv)
   config = load_config(args.config)
-  model, sde = build(config)
+  model, sde, param = build(config)
   shape = (args.batch, config.data.image_size, config.data.image_size,
            config.data.channels)
+  free = denoiser_lib.eps_denoiser(sde, lambda x, t: x)  # never called
   if args.samplers == "all":
     # Every registered sampler that runs on this process (others, e.g. the
     # gamma-process 'ddgm', refuse a Gaussian SDE with a ValueError).
     names = []
     for name in samplers_lib.SAMPLERS.names():
       try:
-        samplers_lib.make_sampler(name, sde, lambda x, t: x)
+        samplers_lib.make_sampler(name, sde, free)
         names.append(name)
       except ValueError as e:
         print(f"  skipping {name}: {str(e).splitlines()[0][:80]}")
   else:
     names = args.samplers.split(",")
     for name in names:  # unknown or unfit names fail before any work
-      samplers_lib.make_sampler(name, sde, lambda x, t: x)
+      samplers_lib.make_sampler(name, sde, free)
 
   key = jax.random.key(args.seed)
   init_key, noise_key, sample_key = jax.random.split(key, 3)
@@ -298,7 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   if quality:
     ref_name, ref_steps = REFERENCE
     ref_ts = samplers_lib.time_grid(sde, ref_steps, kind="uniform")
-    ref_fn = make_sampler_fn(ref_name, sde, apply_fn, ref_ts,
+    ref_fn = make_sampler_fn(ref_name, sde, param, apply_fn, ref_ts,
                              options.get(ref_name, {}))
     t0 = time.perf_counter()
     reference = jax.block_until_ready(ref_fn(params, x_init, sample_key))
@@ -307,11 +315,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
   rows, compiled_fns = [], {}
   for name in names:
-    stepper = samplers_lib.make_sampler(name, sde, lambda x, t: x,
-                                        **options[name])
+    stepper = samplers_lib.make_sampler(name, sde, free, **options[name])
     for target in args.nfe:
       steps, ts, nfe = steps_for_nfe(stepper, sde, target, args.grid)
-      fn = make_sampler_fn(name, sde, apply_fn, ts, options[name])
+      fn = make_sampler_fn(name, sde, param, apply_fn, ts, options[name])
       t0 = time.perf_counter()
       compiled = fn.lower(params, x_init, sample_key).compile()
       compile_s = time.perf_counter() - t0
@@ -328,7 +335,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       t = timed(call, args.repeats)
       out = outs[-1]
       row = dict(sampler=name, nfe_target=target, nfe=nfe, steps=steps,
-                 grid=args.grid, compile_s=compile_s, time_s=t["wall"],
+                 grid=(stepper.grid if args.grid == "default"
+                       else args.grid),
+                 compile_s=compile_s, time_s=t["wall"],
                  times_s=t["wall_all"], cpu_s=t["cpu"],
                  images_per_s=args.batch / t["wall"], forward_s=fwd["wall"],
                  forward_cpu_s=fwd["cpu"],
@@ -354,10 +363,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   if args.loop_sampler:
     name = args.loop_sampler
     opts = options.get(name, {})
-    stepper = samplers_lib.make_sampler(name, sde, lambda x, t: x, **opts)
+    stepper = samplers_lib.make_sampler(name, sde, free, **opts)
     for target in args.loop_nfe:
       steps, ts, nfe = steps_for_nfe(stepper, sde, target, args.grid)
-      loop = python_loop_sampler(name, sde, apply_fn, params, ts, opts)
+      loop = python_loop_sampler(name, sde, param, apply_fn, params, ts, opts)
       t0 = time.perf_counter()
       jax.block_until_ready(loop(x_init, sample_key))  # compiles the step
       loop_first = time.perf_counter() - t0
@@ -365,7 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       loop_t = timed(lambda: loop(x_init, sample_key), args.repeats)
       fn = compiled_fns.get((name, nfe))
       if fn is None:
-        fn = make_sampler_fn(name, sde, apply_fn, ts, opts)
+        fn = make_sampler_fn(name, sde, param, apply_fn, ts, opts)
         jax.block_until_ready(fn(params, x_init, sample_key))
       scan_t = timed(lambda: fn(params, x_init, sample_key), args.repeats)
       loop_rows.append(dict(

@@ -2,10 +2,14 @@
 classify. The public API (submodules load on first use, so `import jaxdiff`
 and loading a config stay cheap):
 
-* `schedules`, `sde`: pure diffusion math (VP/sub-VP/VE, linear/cosine).
+* `schedules`, `sde`: pure diffusion math (VP/sub-VP/VE, rectified flow,
+  linear/cosine).
+* `denoiser`: what a network's output means (eps, x0, v, velocity, EDM;
+  `make_parameterization`) and the denoiser every sampler, DPS and the
+  classifier call: `model_denoiser(...)(x, t) -> Prediction(eps, x0)`.
 * `samplers`: one `lax.scan` integrator; samplers by name (`SAMPLERS`).
 * `models`: U-Net and the coursework CNN (`make_model`).
-* `losses`: noise MSE + frequency loss.
+* `losses`: the diffusion loss (weightings) + frequency loss.
 * `settings`: every config default, one typed dataclass per section.
 * `trained`: a trained model from a workdir (`trained.restore`).
 * `train`: `train_and_evaluate`, `train_step`, `TrainState`.
@@ -18,16 +22,19 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("checkpoint", "classifier", "config", "data", "feature_distance",
-               "figures", "gamma", "inverse", "losses", "metrics", "models",
-               "samplers", "schedules", "sde", "settings", "train", "trained",
-               "viz")
+_SUBMODULES = ("checkpoint", "classifier", "config", "data", "denoiser",
+               "feature_distance", "figures", "gamma", "inverse", "losses",
+               "metrics", "models", "samplers", "schedules", "sde",
+               "settings", "train", "trained", "viz")
 _NAMES = {
     "diffusion_loss": "losses", "make_model": "models",
     "SAMPLERS": "samplers", "integrate": "samplers",
     "make_sampler": "samplers", "sample": "samplers", "time_grid": "samplers",
     "make_schedule": "schedules", "SDES": "sde", "VESDE": "sde",
-    "VPSDE": "sde", "SubVPSDE": "sde", "make_sde": "sde",
+    "VPSDE": "sde", "SubVPSDE": "sde", "FlowSDE": "sde", "make_sde": "sde",
+    "PARAMETERIZATIONS": "denoiser", "Prediction": "denoiser",
+    "eps_denoiser": "denoiser", "make_parameterization": "denoiser",
+    "model_denoiser": "denoiser",
 }
 
 __all__ = sorted(_SUBMODULES + tuple(_NAMES))

@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import jax.numpy as jnp
 import ml_collections
 
+from jaxdiff import denoiser as denoiser_lib
 from jaxdiff import models as models_lib
 from jaxdiff import sde as sde_lib
 from jaxdiff import settings as settings_lib
@@ -27,7 +28,13 @@ ConfigLike = Union[Settings, ml_collections.ConfigDict]
 # Options each sampler reads from `SamplingSettings`.
 SAMPLER_OPTIONS = {"ddim": ("eta", "clip_denoised"),
                    "ddpm": ("clip_denoised",),
-                   "dpm_solver_pp": ("clip_denoised",), "pc": ("snr",)}
+                   "dpm_solver_pp": ("clip_denoised",),
+                   "dpm_solver_pp_3m": ("clip_denoised",),
+                   "euler_ancestral": ("clip_denoised",),
+                   "edm": ("s_churn", "s_min", "s_max", "s_noise"),
+                   "pc": ("snr",)}
+# config.model keys that are a parameterization's own options.
+PARAMETERIZATION_OPTIONS = {"edm": ("sigma_data",)}
 
 _COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -155,15 +162,30 @@ def build_process(config: ConfigLike):
                      "'gaussian' or 'gamma'.")
   if d.sde == "ve":
     return sde_lib.make_sde("ve", sigma_min=d.sigma_min, sigma_max=d.sigma_max)
+  if d.sde == "flow":
+    return sde_lib.make_sde("flow")
   return sde_lib.make_sde(d.sde, schedule=d.schedule,
                           num_steps=d.num_steps or None,
                           schedule_kwargs=dict(d.schedule_kwargs))
 
 
+def build_parameterization(config: ConfigLike):
+  """What the network's output means (`jaxdiff.denoiser`), from
+  config.model.prediction and that parameterization's own options."""
+  m = typed(config).model
+  if m.prediction not in denoiser_lib.PARAMETERIZATIONS:
+    raise ValueError(
+        f"Unknown config.model.prediction {m.prediction!r}; use one of "
+        f"{', '.join(denoiser_lib.PARAMETERIZATIONS.names())}.")
+  options = {k: getattr(m, k)
+             for k in PARAMETERIZATION_OPTIONS.get(m.prediction, ())}
+  return denoiser_lib.make_parameterization(m.prediction, **options)
+
+
 def sampler_options(sampling: Union[settings_lib.SamplingSettings, ConfigLike],
                     method: Optional[str] = None) -> Dict[str, Any]:
   """Keyword options of the sampler `method` (default `sampling.method`):
-  eta for ddim, snr for pc, clip_denoised for ddpm, ddim, dpm_solver_pp."""
+  the names in `SAMPLER_OPTIONS` (eta, snr, clip_denoised, EDM's churn)."""
   if not isinstance(sampling, settings_lib.SamplingSettings):
     sampling = typed(sampling).sampling
   method = method or sampling.method

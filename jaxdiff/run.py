@@ -8,11 +8,14 @@ directory belongs), are printed as one line.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import os
 import re
 import sys
 
 from jaxdiff import checkpoint as ckpt_lib
+from jaxdiff import config as config_lib
 from jaxdiff import distributed
 from jaxdiff import workdir as workdir_lib
 from jaxdiff.train import TrainingError
@@ -107,10 +110,20 @@ def check_workdir(config, workdir: str, mode: str) -> None:
 
   Raises:
     WorkdirError: the workdir is a file, or read-only, full or not writable
-      for this user.
+      for this user, or the config gives the run's network another meaning
+      (`workdir.MEANING`: prediction, process, conditioning) than it was
+      trained with.
   """
   if mode == "train":
     return
+  saved = workdir_lib.read_config(workdir) if os.path.isdir(workdir) else None
+  changes = workdir_lib.meaning_changes(saved or {}, config_lib.to_json(config))
+  if changes:
+    fix = " ".join(f"--config.{k}={json.dumps(a)}" for k, a, _ in changes)
+    raise workdir_lib.WorkdirError(
+        f"The run in {workdir} was trained with other settings "
+        f"({workdir_lib.format_changes(changes)}; saved -> given); pass the "
+        f"run's own: {fix}")
   elsewhere = mode == "denoise" and bool(
       (config.get("denoise") or {}).get("out_dir"))
   workdir_lib.prepare(workdir, create=False, writable=not elsewhere)

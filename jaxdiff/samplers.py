@@ -1,43 +1,38 @@
 """One integrator for every sampler: a `jax.lax.scan` over a timestep grid.
 
-A sampler is a `Stepper`: `init(x) -> state` and `step(state, t, s, noise,
-eps=None) -> state`, moving the sample (`state["x"]`) from time t to an
-earlier time s > 0. `integrate` scans a stepper over a grid `ts` (decreasing).
-When the grid ends at 0, the last transition is the Tweedie (posterior-mean)
-denoising step `x0 = (x - sigma eps) / alpha`, shared by all samplers; for the
-DDPM chain that is exactly DDPM's final mean step.
-
-The step's contract: `noise` (a `Noise` built by `integrate` from
-fold_in(key, i) for step i) is its only randomness: `noise(x, t)` draws
-standardised noise shaped like x from the stepper's `draw` (Gaussian, or the
-gamma process's for "ddgm"), negated in an antithetic run. `eps`, when given,
-is the network's output at (state["x"], t) computed by the caller (DPS, inside
-its gradient); the step then skips that network call.
-
-Samplers are registered by name and built by `make_sampler(name, sde, eps_fn,
-**options)`, where `eps_fn(x [B, ...], t [B]) -> eps [B, ...]` is the network's
-noise prediction with parameters (and labels, guidance) bound.
+A sampler is a `Stepper` whose `step(state, t, s, noise, pred=None)` moves
+`state["x"]` from t to an earlier s > 0; `noise` (a `Noise` on step i's key
+fold_in(key, i)) is its only randomness, and `pred`, when given, is the
+denoiser's output at (x, t) computed by the caller (DPS, in its gradient),
+which saves that network call. A grid ending at 0 ends with the Tweedie step
+x0 = x0_hat(x, t) (for the DDPM chain, DDPM's final mean step). Samplers see
+the network only as a denoiser `denoise_fn(x [B, ...], t [B]) -> Prediction`
+(`jaxdiff.denoiser`), so each works with every parameterization; the ODE
+samplers work in EDM's variables y = x / alpha, r = sigma / alpha, where
+dy/dr = eps_hat (Euler there is DDIM). Each names its paper's time grid
+(`Stepper.grid`), which `sample` uses unless told otherwise.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.denoiser import DenoiseFn, Prediction
 from jaxdiff.registry import Registry
 from jaxdiff.sde import Process, time_of_ratio
 
 Array = jax.Array
-EpsFn = Callable[[Array, Array], Array]
 State = Dict[str, Any]
+R_MIN = 0.002  # EDM's sigma_min: the lowest sigma/alpha a default grid visits
 
 
 class Draw(NamedTuple):
-  """A law of standardised noise: `sample(key, shape, dtype, t)` draws the
-  noise of the process's marginal at t (mean 0, variance 1; a Gaussian
-  ignores t); `symmetric`: -z is a draw too (antithetic pairs allowed)."""
+  """A law of standardised noise (mean 0, variance 1): `sample(key, shape,
+  dtype, t)` draws the marginal's at t; `symmetric`: -z is a draw too."""
   sample: Callable[..., Array]
   symmetric: bool = True
 
@@ -59,44 +54,40 @@ class Noise(NamedTuple):
     z = self.draw.sample(key, x.shape, x.dtype, t)
     return z if self.sign is None else z * self.sign
 
-  def split(self) -> Tuple["Noise", "Noise"]:
-    """Two independent sources (`jax.random.split` of the key)."""
+  def split(self) -> Tuple["Noise", "Noise"]:  # two independent sources
     a, b = jax.random.split(self.key)
     return self._replace(key=a), self._replace(key=b)
 
 
 class Stepper(NamedTuple):
-  """A sampler as a step function of the one integrator.
-
-  Attributes:
-    init: x [B, ...] -> state (a dict holding at least "x").
-    step: (state, t, s, noise, eps=None) -> state at s (module docstring).
-    nfe_per_step: network evaluations of one step (without `eps`).
-    draw: the law of the noise `integrate` hands the step.
-  """
-  init: Callable[[Array], State]
-  step: Callable[..., State]
-  nfe_per_step: int
-  draw: Draw = GAUSSIAN
+  """A sampler as a step function of the one integrator."""
+  init: Callable[[Array], State]   # x [B, ...] -> state (a dict with "x")
+  step: Callable[..., State]       # (state, t, s, noise, pred=None) -> state
+  nfe_per_step: int                # network calls of a step without `pred`
+  draw: Draw = GAUSSIAN            # the law of the noise the step is handed
+  grid: str = "uniform"            # the `GRIDS` its paper recommends
 
 
 SAMPLERS = Registry("sampler")
 GRIDS = Registry("time grid")
 
 
-def make_sampler(name: str, sde: Process, eps_fn: EpsFn,
-                 **options) -> Stepper:
-  """Builds a registered sampler; options are its own (eta, snr, ...)."""
+def make_sampler(name: str, sde: Process, denoise_fn: DenoiseFn, *,
+                 steps: Optional[int] = None, **options) -> Stepper:
+  """Builds a registered sampler; options are its own (eta, snr, ...).
+  `steps` (the grid's length) reaches the samplers that take it (EDM's
+  churn) and is ignored by the others."""
   factory = SAMPLERS.get(name)
+  if steps is not None and "steps" in inspect.signature(factory).parameters:
+    options["steps"] = steps
   try:
-    return factory(sde, eps_fn, **options)
+    return factory(sde, denoise_fn, **options)
   except TypeError as e:
-    raise ValueError(
-        f"Bad options {options} for sampler {name!r}: {e}") from None
+    raise ValueError(f"Bad options {options} for sampler {name!r}: {e}"
+                     ) from None
 
 
-def _full(t, x):
-  """Scalar time -> [B] vector."""
+def _full(t, x):  # scalar time -> [B]
   return jnp.full((x.shape[0],), t, jnp.float32)
 
 
@@ -104,99 +95,111 @@ def _x_only(x):
   return {"x": x}
 
 
-def _eps_at(eps_fn: EpsFn, x: Array, t, eps: Optional[Array]) -> Array:
-  """The network's eps at (x, t), unless the caller computed it."""
-  return eps_fn(x, _full(t, x)) if eps is None else eps
+def _predict(denoise_fn, x, t, pred: Optional[Prediction]) -> Prediction:
+  """The denoiser at (x, t), unless the caller computed it."""
+  return denoise_fn(x, _full(t, x)) if pred is None else pred
 
 
-# ---------------------------------------------------------------- samplers
+def _clip(sde, x, t, pred: Prediction) -> Prediction:
+  """x0_hat clipped to the data range [-1, 1], eps made consistent."""
+  x0 = jnp.clip(pred.x0, -1.0, 1.0)
+  return Prediction((x - sde.alpha(t) * x0) / sde.sigma(t), x0)
+
+
+def _ddim_move(sde, x, t, s, pred: Prediction, eta, z):
+  """x_s from x_t for a frozen prediction: x_s = alpha_s x0 + sqrt(sigma_s^2
+  - c^2) eps + c z, c^2 = eta^2 x the posterior variance of q(x_s|x_t, x0)."""
+  a_t, s_t, a_s, s_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
+  var_ts = s_t**2 - (a_t / a_s)**2 * s_s**2   # q(x_t | x_s) variance
+  c2 = eta**2 * var_ts * s_s**2 / s_t**2      # posterior variance * eta^2
+  x_s = a_s * pred.x0 + jnp.sqrt(jnp.maximum(s_s**2 - c2, 0.0)) * pred.eps
+  return x_s if z is None else x_s + jnp.sqrt(c2) * z
 
 
 @SAMPLERS.register("ddim")
-def ddim(sde: Process, eps_fn: EpsFn, *, eta: float = 0.0,
-         clip_denoised: bool = False, draw: Draw = GAUSSIAN) -> Stepper:
-  """DDIM (Song et al. 2021) for any (alpha, sigma): eta=0 is deterministic,
-  eta=1 is the ancestral sampler (posterior variance).
-
-  `draw` is the law of the noise z of x_s = mean + c z, for the marginal
-  at s (Gaussian; the gamma process's for "ddgm").
-  """
+def ddim(sde: Process, denoise_fn: DenoiseFn, *, eta: float = 0.0,
+         clip_denoised: bool = False, draw: Draw = GAUSSIAN,
+         grid: str = "uniform") -> Stepper:
+  """DDIM (Song et al. 2021) for any (alpha, sigma): eta=0 is deterministic
+  (Euler in EDM's variables; no draws), eta=1 the ancestral sampler. `draw`:
+  the law of z in x_s = mean + c z (the gamma process's for ddgm)."""
   if eta < 0:
     raise ValueError(f"DDIM eta must be >= 0, got {eta}.")
 
-  def step(state, t, s, noise, eps=None):
+  def step(state, t, s, noise, pred=None):
     x = state["x"]
-    eps = _eps_at(eps_fn, x, t, eps)
-    a_t, s_t, a_s, s_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
-    x0 = (x - s_t * eps) / a_t
+    pred = _predict(denoise_fn, x, t, pred)
     if clip_denoised:
-      x0 = jnp.clip(x0, -1.0, 1.0)
-      eps = (x - a_t * x0) / s_t
-    a_ts = a_t / a_s
-    var_ts = s_t**2 - a_ts**2 * s_s**2          # q(x_t | x_s) variance
-    c2 = eta**2 * var_ts * s_s**2 / s_t**2      # posterior variance * eta^2
-    z = noise(x, s)
-    x_s = a_s * x0 + jnp.sqrt(jnp.maximum(s_s**2 - c2, 0.0)) * eps
-    return dict(state, x=x_s + jnp.sqrt(c2) * z)
+      pred = _clip(sde, x, t, pred)
+    z = noise(x, s) if eta > 0 else None
+    return dict(state, x=_ddim_move(sde, x, t, s, pred, eta, z))
 
-  return Stepper(_x_only, step, 1, draw)
+  return Stepper(_x_only, step, 1, draw, grid)
 
 
 @SAMPLERS.register("ddpm")
-def ancestral(sde: Process, eps_fn: EpsFn, *, clip_denoised: bool = False):
+def ancestral(sde: Process, denoise_fn: DenoiseFn, *,
+              clip_denoised: bool = False):
   """DDPM ancestral sampling: x_s ~ q(x_s | x_t, x0_hat) (DDIM with eta=1)."""
-  return ddim(sde, eps_fn, eta=1.0, clip_denoised=clip_denoised)
+  return ddim(sde, denoise_fn, eta=1.0, clip_denoised=clip_denoised)
 
 
 @SAMPLERS.register("ddgm")
-def ddgm(sde: Process, eps_fn: EpsFn, *,
+def ddgm(sde: Process, denoise_fn: DenoiseFn, *,
          clip_denoised: bool = False) -> Stepper:
   """DDGM's reverse sampler (Nachmani et al. 2021, Algorithm 2): the DDPM
   step with the process's own noise draw (`jaxdiff.gamma.GammaProcess`)."""
   draw = getattr(sde, "noise_draw", None)
   if draw is None:
     raise ValueError(
-        f"The 'ddgm' sampler needs the gamma process, got "
-        f"{type(sde).__name__}. Set config.diffusion.noise='gamma' (e.g. "
-        "configs/mnist_ddgm.py), or pass jaxdiff.gamma.make_gamma_process(...) "
-        "as the process.")
-  return ddim(sde, eps_fn, eta=1.0, clip_denoised=clip_denoised, draw=draw)
+        f"The 'ddgm' sampler needs the gamma process, got {type(sde).__name__}"
+        ". Set config.diffusion.noise='gamma' (e.g. configs/mnist_ddgm.py).")
+  return ddim(sde, denoise_fn, eta=1.0, clip_denoised=clip_denoised, draw=draw)
+
+
+@SAMPLERS.register("euler_ancestral")
+def euler_ancestral(sde: Process, denoise_fn: DenoiseFn, *, eta: float = 1.0,
+                    clip_denoised: bool = False) -> Stepper:
+  """k-diffusion's Euler-ancestral: an Euler step in EDM's variables down to
+  r_down, then fresh noise r_up, with r_up^2 = eta^2 r_s^2 (r_t^2 - r_s^2) /
+  r_t^2 and r_down^2 = r_s^2 - r_up^2 (r = sigma/alpha). In x that is DDIM
+  with the same eta (eta = 1: the DDPM posterior step), on Karras's grid."""
+  return ddim(sde, denoise_fn, eta=eta, clip_denoised=clip_denoised,
+              grid="karras")
 
 
 @SAMPLERS.register("euler_maruyama")
-def euler_maruyama(sde: Process, eps_fn: EpsFn) -> Stepper:
+def euler_maruyama(sde: Process, denoise_fn: DenoiseFn) -> Stepper:
   """Euler-Maruyama on the reverse SDE dx = [f x - g^2 score] dt + g dW."""
 
-  def step(state, t, s, noise, eps=None):
+  def step(state, t, s, noise, pred=None):
     x = state["x"]
-    score = sde.eps_to_score(_eps_at(eps_fn, x, t, eps), t)
+    score = _predict(denoise_fn, x, t, pred).score(sde, t)
     drift = sde.f(t) * x - sde.g2(t) * score
-    z = noise(x, s)
-    return dict(state,
-                x=x + drift * (s - t) + jnp.sqrt(sde.g2(t) * (t - s)) * z)
+    z = noise(x, s) * jnp.sqrt(sde.g2(t) * (t - s))
+    return dict(state, x=x + drift * (s - t) + z)
 
   return Stepper(_x_only, step, 1)
 
 
 @SAMPLERS.register("pc")
-def predictor_corrector(sde: Process, eps_fn: EpsFn, *, snr: float = 0.16,
+def predictor_corrector(sde: Process, denoise_fn: DenoiseFn, *,
+                        snr: float = 0.16,
                         corrector_steps: int = 1) -> Stepper:
   """Euler-Maruyama predictor + Langevin corrector (Song et al. 2021)."""
-  predictor = euler_maruyama(sde, eps_fn)
+  predictor = euler_maruyama(sde, denoise_fn)
 
-  def step(state, t, s, noise, eps=None):
+  def step(state, t, s, noise, pred=None):
     corrector_noise, predictor_noise = noise.split()
-    x = predictor.step(state, t, s, predictor_noise, eps)["x"]
-    # Corrector step size scale: 1 - beta_i for VP (alpha ratio^2), 1 for VE.
-    ratio = (sde.alpha(t) / sde.alpha(s))**2
+    x = predictor.step(state, t, s, predictor_noise, pred)["x"]
+    ratio = (sde.alpha(t) / sde.alpha(s))**2  # 1 - beta_i for VP, 1 for VE
     for i in range(corrector_steps):
-      score = sde.eps_to_score(eps_fn(x, _full(s, x)), s)
+      score = denoise_fn(x, _full(s, x)).score(sde, s)
       z = corrector_noise(x, s, j=i)
       axes = tuple(range(1, x.ndim))
       g_norm = jnp.sqrt(jnp.mean(jnp.sum(score**2, axes)))
       z_norm = jnp.sqrt(jnp.mean(jnp.sum(z**2, axes)))
-      # A zero score (e.g. a freshly initialised network with a zero output
-      # layer) has no Langevin step size: skip the corrector, not NaN.
+      # A zero score (e.g. a zero-initialised last layer): no step, not NaN.
       size = jnp.where(g_norm > 0, 2 * ratio * (
           snr * z_norm / jnp.where(g_norm > 0, g_norm, 1.0))**2, 0.0)
       x = x + size * score + jnp.sqrt(2 * size) * z
@@ -205,195 +208,246 @@ def predictor_corrector(sde: Process, eps_fn: EpsFn, *, snr: float = 0.16,
   return Stepper(_x_only, step, 1 + corrector_steps)
 
 
-def _ode_drift(sde, eps_fn, x, t, eps=None):
-  score = sde.eps_to_score(_eps_at(eps_fn, x, t, eps), t)
-  return sde.f(t) * x - 0.5 * sde.g2(t) * score
-
-
 @SAMPLERS.register("euler")
-def euler_ode(sde: Process, eps_fn: EpsFn) -> Stepper:
-  """Euler on the probability-flow ODE (first order)."""
-
-  def step(state, t, s, noise, eps=None):
-    del noise
-    x = state["x"]
-    return dict(state, x=x + _ode_drift(sde, eps_fn, x, t, eps) * (s - t))
-
-  return Stepper(_x_only, step, 1)
+def euler_ode(sde: Process, denoise_fn: DenoiseFn) -> Stepper:
+  """Euler on the probability-flow ODE in EDM's variables (first order):
+  y_s = y_t + (r_s - r_t) eps_hat, i.e. DDIM (eta = 0) on Karras's grid."""
+  return ddim(sde, denoise_fn, grid="karras")
 
 
 @SAMPLERS.register("heun")
-def heun_ode(sde: Process, eps_fn: EpsFn) -> Stepper:
-  """Heun (explicit trapezoid) on the probability-flow ODE (second order)."""
+def heun_ode(sde: Process, denoise_fn: DenoiseFn) -> Stepper:
+  """Heun (explicit trapezoid) on the probability-flow ODE in EDM's
+  variables (second order; Karras et al. 2022, Algorithm 1), on their grid."""
 
-  def step(state, t, s, noise, eps=None):
+  def step(state, t, s, noise, pred=None):
     del noise
     x = state["x"]
-    d1 = _ode_drift(sde, eps_fn, x, t, eps)
-    x_euler = x + d1 * (s - t)
-    d2 = _ode_drift(sde, eps_fn, x_euler, s)
-    return dict(state, x=x + 0.5 * (d1 + d2) * (s - t))
+    p1 = _predict(denoise_fn, x, t, pred)
+    x_e = _ddim_move(sde, x, t, s, p1, 0.0, None)            # Euler
+    p2 = denoise_fn(x_e, _full(s, x))
+    dr = sde.sigma(s) / sde.alpha(s) - sde.sigma(t) / sde.alpha(t)
+    return dict(state, x=x_e + sde.alpha(s) * dr * 0.5 * (p2.eps - p1.eps))
 
-  return Stepper(_x_only, step, 2)
+  return Stepper(_x_only, step, 2, grid="karras")
+
+
+@SAMPLERS.register("edm")
+def edm_stochastic(sde: Process, denoise_fn: DenoiseFn, *,
+                   s_churn: float = 0.0, s_min: float = 0.0,
+                   s_max: float = float("inf"), s_noise: float = 1.0,
+                   steps: Optional[int] = None) -> Stepper:
+  """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2): raise the
+  noise level from r_t to r_hat = (1 + gamma) r_t by adding fresh noise,
+  then a Heun step from r_hat to r_s, in EDM's variables (r = sigma/alpha).
+
+  gamma = min(s_churn / steps, sqrt(2) - 1) where s_min <= r_t <= s_max,
+  else 0; r_hat stops at the process's top level r(t_max). s_churn, s_min,
+  s_max, s_noise are Karras et al.'s S_churn, S_tmin, S_tmax, S_noise (> 1
+  offsets the denoiser's loss of detail); steps is the grid's length N
+  (`make_sampler` passes it). With s_churn = 0 this is `heun`.
+  """
+  if s_churn < 0 or s_noise <= 0 or (s_churn > 0 and not steps):
+    raise ValueError(f"EDM needs s_churn >= 0, s_noise > 0 and, with churn, "
+                     f"steps (make_sampler(..., steps=N)); got {s_churn}, "
+                     f"{s_noise}, {steps}.")
+  heun = heun_ode(sde, denoise_fn)
+  if s_churn == 0:
+    return heun
+  gamma_max = min(s_churn / steps, 2**0.5 - 1)
+  t_top = getattr(sde, "t_max", 1.0)
+
+  def step(state, t, s, noise, pred=None):
+    if pred is not None:
+      raise ValueError("EDM churn moves x before the network call; it takes "
+                       "no precomputed prediction.")
+    x, r_t = state["x"], sde.sigma(t) / sde.alpha(t)
+    gamma = jnp.where((r_t >= s_min) & (r_t <= s_max), gamma_max, 0.0)
+    r_hat = jnp.minimum(r_t * (1 + gamma), sde.sigma(t_top) / sde.alpha(t_top))
+    t_hat = jnp.where(r_hat > r_t, time_of_ratio(sde, r_hat, t_lo=t), t)
+    y_hat = x / sde.alpha(t) + jnp.sqrt(jnp.maximum(
+        r_hat**2 - r_t**2, 0.0)) * s_noise * noise(x, t)
+    return heun.step(dict(state, x=sde.alpha(t_hat) * y_hat), t_hat, s, None)
+
+  return heun._replace(step=step)
 
 
 @SAMPLERS.register("dpm_solver_pp")
-def dpm_solver_pp_2m(sde: Process, eps_fn: EpsFn, *,
+def dpm_solver_pp_2m(sde: Process, denoise_fn: DenoiseFn, *,
                      clip_denoised: bool = False) -> Stepper:
-  """DPM-Solver++(2M) (Lu et al. 2022): multistep, data prediction.
+  """DPM-Solver++(2M) (Lu et al. 2022); clip_denoised: static thresholding
+  of x0_hat to [-1, 1]."""
+  return _dpm_solver_pp(sde, denoise_fn, 2, clip_denoised)
 
-  clip_denoised clips the data prediction x0_hat to [-1, 1] (the paper's
-  thresholding, static): near t = 1 an eps-prediction network's x0_hat =
-  (x - sigma eps_hat) / alpha multiplies its error by 1 / alpha.
-  """
 
-  def init(x):
-    return {"x": x, "x0_prev": jnp.zeros_like(x), "h_prev": jnp.zeros(()),
-            "first": jnp.ones((), bool)}
+@SAMPLERS.register("dpm_solver_pp_3m")
+def dpm_solver_pp_3m(sde: Process, denoise_fn: DenoiseFn, *,
+                     clip_denoised: bool = False) -> Stepper:
+  """DPM-Solver++(3M): its first two steps are of order 1 and 2."""
+  return _dpm_solver_pp(sde, denoise_fn, 3, clip_denoised)
 
-  def step(state, t, s, noise, eps=None):
+
+def _dpm_solver_pp(sde, denoise_fn, order: int, clip_denoised: bool):
+  """DPM-Solver++ multistep of order 2 or 3 in lambda = log(alpha/sigma).
+
+  With h = lambda_s - lambda_t, m0 = x0_hat(x, t) and d1 ~ h D', d2 ~ h^2 D''
+  (D: x0_hat as a function of lambda) from divided differences of the last
+  steps' x0_hat: x_s = (sigma_s/sigma_t) x + alpha_s u, with u = -phi1 (m0 +
+  d1/2) for 2M and u = -phi1 m0 + phi2 d1 - phi3 d2 for 3M, phi1 = e^-h - 1,
+  phi2 = phi1/h + 1, phi3 = phi2/h - 1/2 (D's Taylor polynomial integrated
+  exactly; the reference code's d2 / 2 leaves its 3M second order)."""
+
+  def init(x):  # the last two x0_hat and lambda steps, the step count
+    z, h = jnp.zeros_like(x), jnp.zeros(())
+    return dict(x=x, m1=z, m2=z, h1=h, h2=h, n=jnp.zeros((), jnp.int32))
+
+  def step(state, t, s, noise, pred=None):
     del noise
     x = state["x"]
-    eps = _eps_at(eps_fn, x, t, eps)
-    a_t, s_t, a_s, s_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
-    x0 = (x - s_t * eps) / a_t
+    pred = _predict(denoise_fn, x, t, pred)
     if clip_denoised:
-      x0 = jnp.clip(x0, -1.0, 1.0)
+      pred = _clip(sde, x, t, pred)
+    m0, m1, m2, n = pred.x0, state["m1"], state["m2"], state["n"]
+    a_t, s_t, a_s, s_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
     h = jnp.log(a_s / s_s) - jnp.log(a_t / s_t)
-    r = state["h_prev"] / h
-    first = state["first"]
-    inv2r = jnp.where(first, 0.0, 0.5 / jnp.where(first, 1.0, r))
-    d = (1 + inv2r) * x0 - inv2r * state["x0_prev"]
-    x_s = (s_s / s_t) * x - a_s * jnp.expm1(-h) * d
-    return dict(state, x=x_s, x0_prev=x0, h_prev=h,
-                first=jnp.zeros((), bool))
+    safe = lambda v: jnp.where(v == 0, 1.0, v)
+    r0, r1 = state["h1"] / h, state["h2"] / h
+    d1_0, d1_1 = (m0 - m1) / safe(r0), (m1 - m2) / safe(r1)
+    phi1 = jnp.expm1(-h)
+    phi2, first = phi1 / h + 1.0, -phi1 * m0
+    u = jnp.where(n == 0, first, first - 0.5 * phi1 * d1_0)
+    if order == 3:
+      d1 = d1_0 + (r0 / safe(r0 + r1)) * (d1_0 - d1_1)
+      d2 = 2.0 * (d1_0 - d1_1) / safe(r0 + r1)
+      u = jnp.where(n >= 2, first + phi2 * d1 - (phi2 / h - 0.5) * d2, u)
+    x_s = (s_s / s_t) * x + a_s * u
+    return dict(state, x=x_s, m1=m0, m2=m1, h1=h, h2=state["h1"], n=n + 1)
 
-  return Stepper(init, step, 1)
-
-
-# ---------------------------------------------------------------- time grids
-
-
-def _times_of_ratios(sde: Process, ratios: np.ndarray, t_lo) -> np.ndarray:
-  """`time_of_ratio` (no snapping) of the grid's sigma/alpha values [N]."""
-  n = len(ratios)
-  # Pad to a power-of-two bucket: the eager bisection compiles once per
-  # shape, so a new `steps` would otherwise cost a compilation.
-  ratios = np.pad(ratios, (0, max(64, 1 << (n - 1).bit_length()) - n),
-                  mode="edge")
-  ts = time_of_ratio(sde, ratios, snap="none", t_lo=t_lo)
-  return np.asarray(ts, np.float64)[:n]
+  return Stepper(init, step, 1, grid="logsnr")
 
 
-@GRIDS.register("uniform")
-def _uniform(sde, steps, t_max, t_min, rho):
-  del sde, rho
-  return np.linspace(t_max, t_min, steps)
+# The inverse of sigma/alpha, compiled once per process and shape (eager
+# bisection would compile anew for every grid).
+_time_of_ratio = jax.jit(time_of_ratio, static_argnums=0,
+                         static_argnames=("snap", "iterations"))
 
 
-@GRIDS.register("quadratic")
-def _quadratic(sde, steps, t_max, t_min, rho):
-  del sde, rho
-  u = np.linspace(np.sqrt(t_max), np.sqrt(t_min), steps)
-  return u**2
+def _ratio(sde, t) -> float:
+  return float(sde.sigma(np.float32(t)) / sde.alpha(np.float32(t)))
 
 
-@GRIDS.register("karras")
-def _karras(sde, steps, t_max, t_min, rho):
-  """Karras et al. (2022): uniform in sigma^(1/rho), sigma = sigma/alpha."""
-  r = lambda t: float(sde.sigma(t) / sde.alpha(t))
-  lo, hi = r(t_min) ** (1 / rho), r(t_max) ** (1 / rho)
-  ratios = np.linspace(hi, lo, steps) ** rho
-  ts = _times_of_ratios(sde, ratios, t_min)
-  ts[-1], ts[0] = t_min, t_max  # in this order: steps=1 gives [t_max].
-  return ts
+def _times(sde, ratios, t_lo) -> np.ndarray:
+  """The times [N] >= t_lo of the noise levels sigma/alpha = ratios [N]."""
+  n = len(ratios)  # padded to a power-of-two bucket: one compilation
+  ratios = np.pad(np.asarray(ratios, np.float32),
+                  (0, max(64, 1 << (n - 1).bit_length()) - n), mode="edge")
+  return np.asarray(_time_of_ratio(sde, ratios, t_lo=t_lo), np.float64)[:n]
 
 
-@GRIDS.register("logsnr")
-def _logsnr(sde, steps, t_max, t_min, rho):
-  """Uniform in log-SNR lambda = log(alpha/sigma) (DPM-Solver's grid)."""
-  del rho
-  lam = lambda t: float(np.log(sde.alpha(t)) - np.log(sde.sigma(t)))
-  lams = np.linspace(lam(t_max), lam(t_min), steps)
-  ts = _times_of_ratios(sde, np.exp(-lams), t_min)
-  ts[-1], ts[0] = t_min, t_max  # in this order: steps=1 gives [t_max].
-  return ts
+def _ratio_grid(fwd, inv):
+  """A grid uniform in fwd(r, rho) of r = sigma/alpha, inv its inverse."""
+  def grid(sde, steps, t_max, t_min, rho):
+    u = np.linspace(fwd(_ratio(sde, t_max), rho), fwd(_ratio(sde, t_min), rho),
+                    steps)
+    ts = _times(sde, inv(u, rho), t_min)
+    ts[-1], ts[0] = t_min, t_max  # in this order: steps=1 gives [t_max].
+    return ts
+  return grid
+
+
+# A grid: (sde, steps, t_max, t_min, rho) -> times [steps], decreasing.
+GRIDS.register("uniform")(lambda sde, n, hi, lo, rho: np.linspace(hi, lo, n))
+GRIDS.register("quadratic")(  # uniform in sqrt(t): denser near 0
+    lambda sde, n, hi, lo, rho: np.linspace(hi**0.5, lo**0.5, n)**2)
+GRIDS.register("karras")(_ratio_grid(  # Karras et al. (2022)
+    lambda r, rho: r**(1 / rho), lambda u, rho: u**rho))
+GRIDS.register("logsnr")(_ratio_grid(  # DPM-Solver's: uniform in log-SNR
+    lambda r, rho: np.log(r), lambda u, rho: np.exp(u)))
+
+
+def default_t_min(sde: Process, t_max: Optional[float] = None) -> float:
+  """A grid's default last time: 1/T for a T-step chain, else the process's
+  t_min raised (up to t_max) to the time of sigma/alpha = `R_MIN` (sub-VP:
+  r(1e-3) = 1e-4; flow): lower levels cost steps and barely move the final
+  Tweedie step (its variance bias is (r / data std)^2)."""
+  if getattr(sde, "num_steps", None):
+    return 1.0 / sde.num_steps
+  t_max = getattr(sde, "t_max", 1.0) if t_max is None else t_max
+  with jax.ensure_compile_time_eval():
+    if _ratio(sde, sde.t_min) >= R_MIN or _ratio(sde, t_max) <= R_MIN:
+      return min(sde.t_min, t_max)
+    return float(_times(sde, [R_MIN], sde.t_min)[0])
 
 
 def time_grid(sde: Process, steps: int, *, kind: str = "uniform",
-              t_max: float = 1.0, t_min: Optional[float] = None,
+              t_max: Optional[float] = None, t_min: Optional[float] = None,
               end_at_zero: bool = True, rho: float = 7.0) -> np.ndarray:
   """A decreasing grid of network-evaluation times, plus 0 at the end.
 
   Args:
     sde: the SDE (discrete chains are snapped to their t = i/T grid).
     steps: number of grid points from t_max down to t_min (>= 1).
-    kind: 'uniform', 'quadratic' (denser near 0), 'karras' (uniform in
+    kind: a `GRIDS` name: 'uniform', 'quadratic', 'karras' (uniform in
       (sigma/alpha)^(1/rho)) or 'logsnr' (uniform in log(alpha/sigma)).
-    t_max: first time (1 = pure noise).
-    t_min: last evaluation time; defaults to 1/T for a chain, else sde.t_min.
+    t_max, t_min: the first and last evaluation times; None: the process's
+      `t_max` and `default_t_min`.
     end_at_zero: append t = 0 (the final Tweedie denoising step).
     rho: Karras exponent.
 
-  Returns:
-    ts [steps + 1] (or [steps]) float32, decreasing.
+  Returns ts [steps + 1] (or [steps]) float32, decreasing.
   """
   if int(steps) != steps or steps < 1:
     raise ValueError(f"steps must be a positive integer, got {steps}.")
-  num_chain = getattr(sde, "num_steps", None)
-  if t_min is None:
-    t_min = 1.0 / num_chain if num_chain else sde.t_min
-  if not 0 < t_min <= t_max <= 1:
+  t_max = getattr(sde, "t_max", 1.0) if t_max is None else t_max
+  if t_min is None and 0 < t_max <= 1:
+    t_min = default_t_min(sde, t_max)
+  if not 0 < (t_min or 0) <= t_max <= 1:
     raise ValueError(f"Need 0 < t_min <= t_max <= 1, got {t_min}, {t_max}.")
-  # The grid is a concrete constant even when built under jit (sample() is
-  # meant to be jitted): evaluate the SDE's alpha/sigma eagerly.
+  # A concrete constant even under jit: alpha/sigma evaluated eagerly.
   with jax.ensure_compile_time_eval():
     ts = np.asarray(GRIDS.get(kind)(sde, int(steps), t_max, t_min, rho),
                     np.float64)
-  if num_chain:
+  num_chain = getattr(sde, "num_steps", None)
+  if num_chain:  # snapped to the chain's steps i/T, duplicates dropped
     ts = np.unique(np.clip(np.round(ts * num_chain), 1, num_chain))[::-1]
     ts = ts / num_chain
-  if end_at_zero:
-    ts = np.concatenate([ts, [0.0]])
-  return ts.astype(np.float32)
-
-
-# ---------------------------------------------------------------- integrator
+  return (np.append(ts, 0.0) if end_at_zero else ts).astype(np.float32)
 
 
 def integrate(stepper: Stepper, x_init: Array, ts, key: Array, *,
-              sde: Optional[Process] = None, eps_fn: Optional[EpsFn] = None,
+              sde: Optional[Process] = None,
+              denoise_fn: Optional[DenoiseFn] = None,
               trajectory_every: int = 0, noise_sign: Optional[Any] = None):
   """Runs a stepper over the grid ts with one `lax.scan`.
 
   Args:
     stepper: from `make_sampler`.
     x_init: [B, ...] starting sample at ts[0].
-    ts: [N] decreasing times. If ts[-1] == 0 the last transition is the
-      Tweedie denoising step, which needs `sde` and `eps_fn`.
+    ts: [N] decreasing times (concrete). If ts[-1] == 0 the last transition
+      is the Tweedie denoising step, which needs `denoise_fn`.
     key: PRNG key; step i draws its noise from fold_in(key, i).
+    sde: unused (the denoiser makes the final step).
     trajectory_every: if k > 0, also return x after every k-th transition
       (and the initial x) as [N_saved, B, ...].
     noise_sign: None, or a scalar (+1 / -1, may be traced) multiplying
       every draw: the runs with +1 and -1 and one key form an antithetic
       pair (for an affine chain their mean has no Monte Carlo error).
 
-  Returns:
-    x [B, ...] at ts[-1], or (x, trajectory) when trajectory_every > 0.
+  Returns x [B, ...] at ts[-1], or (x, trajectory) when trajectory_every > 0.
   """
-  final_denoise = bool(np.asarray(ts)[-1] == 0.0)  # ts must be concrete.
-  ts = jnp.asarray(ts, jnp.float32)
-  if final_denoise and (sde is None or eps_fn is None):
-    raise ValueError("A grid ending at t=0 needs sde and eps_fn for the final "
+  del sde
+  final_denoise = bool(np.asarray(ts)[-1] == 0.0)
+  if final_denoise and denoise_fn is None:
+    raise ValueError("A grid ending at t=0 needs denoise_fn for the final "
                      "denoising step.")
-  if noise_sign is not None and not stepper.draw.symmetric:
-    raise ValueError(
-        "Antithetic draws (noise_sign) need symmetric noise; this sampler's "
-        "noise is skewed (e.g. 'ddgm': gamma), so -z is not a draw. Use "
-        "independent draws (antithetic=False).")
   if noise_sign is not None:
+    if not stepper.draw.symmetric:
+      raise ValueError(
+          "Antithetic draws (noise_sign) need symmetric noise; this sampler's"
+          " noise is skewed (e.g. 'ddgm': gamma), so -z is not a draw. Use "
+          "independent draws (antithetic=False).")
     noise_sign = jnp.asarray(noise_sign, x_init.dtype)
-  grid = ts[:-1] if final_denoise else ts
+  grid = jnp.asarray(ts[:-1] if final_denoise else ts, jnp.float32)
   n = grid.shape[0] - 1
   pairs = (grid[:-1], grid[1:], jnp.arange(n))
 
@@ -402,66 +456,45 @@ def integrate(stepper: Stepper, x_init: Array, ts, key: Array, *,
     noise = Noise(jax.random.fold_in(key, i), noise_sign, stepper.draw)
     return stepper.step(state, t, s, noise), None
 
-  state = stepper.init(x_init)
-  traj = [x_init]
-  if trajectory_every > 0:
-    k = trajectory_every
-    r = n % k
-    state, _ = jax.lax.scan(body, state, jax.tree.map(lambda a: a[:r], pairs))
-    chunks = jax.tree.map(lambda a: a[r:].reshape((n // k, k)), pairs)
+  def chunk_body(state, inp):  # k steps, then x saved
+    state, _ = jax.lax.scan(body, state, inp)
+    return state, state["x"]
 
-    def chunk_body(state, inp):
-      state, _ = jax.lax.scan(body, state, inp)
-      return state, state["x"]
-
-    state, saved = jax.lax.scan(chunk_body, state, chunks)
-    traj = jnp.concatenate([x_init[None], saved], axis=0)
-  else:
-    state, _ = jax.lax.scan(body, state, pairs)
+  # The first n % k steps, then n // k chunks of k (one chunk: no frames).
+  k = trajectory_every or max(n, 1)
+  state, _ = jax.lax.scan(body, stepper.init(x_init),
+                          jax.tree.map(lambda a: a[:n % k], pairs))
+  state, saved = jax.lax.scan(chunk_body, state, jax.tree.map(
+      lambda a: a[n % k:].reshape((n // k, k)), pairs))
   x = state["x"]
   if final_denoise:
-    t_last = grid[-1]
-    x = sde.eps_to_x0(x, eps_fn(x, _full(t_last, x)), t_last)
-    if trajectory_every > 0:
-      traj = jnp.concatenate([traj, x[None]], axis=0)
-  return (x, traj) if trajectory_every > 0 else x
+    x = denoise_fn(x, _full(grid[-1], x)).x0
+  if not trajectory_every:
+    return x
+  last = [x[None]] if final_denoise else []
+  return x, jnp.concatenate([x_init[None], saved] + last, axis=0)
 
 
 def nfe(stepper: Stepper, ts) -> int:
   """Network evaluations `integrate` spends on the grid ts."""
-  ts = np.asarray(ts)
-  final = int(ts[-1] == 0)
+  final = int(np.asarray(ts)[-1] == 0)
   return stepper.nfe_per_step * (len(ts) - 1 - final) + final
 
 
-def sample(name: str, sde: Process, eps_fn: EpsFn, key: Array, shape, *,
-           steps: int, grid: str = "uniform", trajectory_every: int = 0,
-           x_init: Optional[Array] = None, t_max: float = 1.0, **options):
-  """Draws samples: prior at t_max, then `integrate` the named sampler.
-
-  Jit this function (with name/shape/steps static) or call it inside jit.
-  """
+def sample(name: str, sde: Process, denoise_fn: DenoiseFn, key: Array,
+           shape, *, steps: int, grid: Optional[str] = None,
+           trajectory_every: int = 0, x_init: Optional[Array] = None,
+           t_max: Optional[float] = None, **options):
+  """Draws samples: prior at t_max, then `integrate` the named sampler on
+  the grid `grid` (None or "default": the sampler's own) from t_max (None:
+  the process's). Jit it (name/shape/steps static) or call it inside jit."""
   init_key, key = jax.random.split(key)
   if x_init is None:
     x_init = sde.prior_sample(init_key, shape)
-  stepper = make_sampler(name, sde, eps_fn, **options)
+  stepper = make_sampler(name, sde, denoise_fn, steps=steps, **options)
+  if grid in (None, "", "default"):
+    grid = stepper.grid
   ts = time_grid(sde, steps, kind=grid, t_max=t_max)
-  return integrate(stepper, x_init, ts, key, sde=sde, eps_fn=eps_fn,
+  return integrate(stepper, x_init, ts, key, denoise_fn=denoise_fn,
                    trajectory_every=trajectory_every)
 
-
-def model_eps_fn(apply_fn, params, *, labels=None, num_classes=None,
-                 guidance_scale: float = 0.0) -> EpsFn:
-  """Binds a network into eps_fn(x, t), with classifier-free guidance.
-
-  eps = (1 + w) eps(x, t, y) - w eps(x, t, null) when w = guidance_scale > 0.
-  """
-  def eps_fn(x, t):
-    if labels is None or guidance_scale == 0.0:
-      return apply_fn(params, x, t, labels)
-    null = jnp.full_like(labels, num_classes)
-    both = apply_fn(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                    jnp.concatenate([labels, null]))
-    cond, uncond = jnp.split(both, 2)
-    return (1 + guidance_scale) * cond - guidance_scale * uncond
-  return eps_fn

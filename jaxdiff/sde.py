@@ -1,4 +1,4 @@
-"""Diffusion SDEs: VP, sub-VP and VE, as pure functions of t.
+"""Diffusion SDEs: VP, sub-VP, VE and rectified flow, pure functions of t.
 
 Every SDE here has a Gaussian perturbation kernel
 
@@ -11,8 +11,10 @@ one integrator serves all three. The discrete DDPM chain is the VP-SDE with a
 interface without the Gaussian law (the DDGM gamma chain is one); the
 Gaussian-only methods ask `check_gaussian`.
 
-Networks predict noise eps; `score = -eps / sigma` and the Tweedie estimate
-`x0 = (x - sigma eps) / alpha` convert between parameterisations.
+`score = -eps / sigma` and the Tweedie estimate `x0 = (x - sigma eps) /
+alpha` convert a noise estimate; what a network's output means is
+`jaxdiff.denoiser`'s business. `FlowSDE` is flow matching's rectified flow
+(alpha = 1 - t, sigma = t) in the same interface.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class Process:
   """
 
   t_min: float = 1e-3  # smallest training time for continuous SDEs.
+  t_max: float = 1.0   # largest time: training's and sampling's start.
 
   def alpha(self, t):
     raise NotImplementedError
@@ -115,8 +118,9 @@ class SDE(Process):
     return self.prior_std * jax.random.normal(key, shape, dtype)
 
   def sample_time(self, key, batch: int) -> Array:
-    """Training times t [B]: uniform on [t_min, 1]."""
-    return jax.random.uniform(key, (batch,), minval=self.t_min, maxval=1.0)
+    """Training times t [B]: uniform on [t_min, t_max]."""
+    return jax.random.uniform(key, (batch,), minval=self.t_min,
+                              maxval=self.t_max)
 
 
 def is_gaussian(process) -> bool:
@@ -222,6 +226,49 @@ class VESDE(SDE):
     return self.sigma_max
 
 
+@SDES.register("flow")
+@dataclasses.dataclass(frozen=True, eq=False)
+class FlowSDE(SDE):
+  """Flow matching's rectified flow (Liu et al. 2022; Lipman et al. 2022):
+  x_t = (1 - t) x0 + t n, so alpha = 1 - t, sigma = t.
+
+  Its drift f = -1 / (1 - t) and g^2 = 2 t / (1 - t) make it an SDE like the
+  others (the probability-flow ODE is the flow dx/dt = n - x0), but they blow
+  up at t = 1 where alpha = 0, so training and sampling stop at `t_max`:
+  80/81, where sigma/alpha = 80 (EDM's sigma_max; a grid starting at 999
+  spends its first steps where nothing happens). The prior there is
+  N(0, sigma(t_max)^2), which ignores the alpha(t_max) x0 = x0 / 81 part of
+  the marginal (std 0.006 for data in [-1, 1]).
+  """
+  t_min: float = 1e-3
+  t_max: float = 80.0 / 81.0
+
+  def __post_init__(self):
+    if not 0 < self.t_min < self.t_max < 1:
+      raise ValueError(f"Need 0 < t_min < t_max < 1, got {self.t_min}, "
+                       f"{self.t_max}.")
+
+  discrete = False
+  num_steps = None
+
+  def alpha(self, t):
+    return 1.0 - jnp.asarray(t, jnp.float32)
+
+  def sigma(self, t):
+    return jnp.asarray(t, jnp.float32)
+
+  def f(self, t):
+    return -1.0 / (1.0 - jnp.asarray(t, jnp.float32))
+
+  def g2(self, t):
+    t = jnp.asarray(t, jnp.float32)
+    return 2.0 * t / (1.0 - t)
+
+  @property
+  def prior_std(self) -> float:
+    return self.t_max
+
+
 SNAP_RULES = ("none", "nearest", "up")
 
 
@@ -244,7 +291,7 @@ def time_of_ratio(process, ratio, *, snap: str = "none", t_lo: float = 0.0,
       input is continuous), 'nearest' rounds to the nearest step, 'up' to
       the next step at or above t (at least the requested noise). Ignored for
       continuous processes.
-    t_lo: lower end of the search.
+    t_lo: lower end of the search (the upper end is process.t_max).
     iterations: bisection steps (60 reach float64's resolution).
 
   Returns:
@@ -255,7 +302,7 @@ def time_of_ratio(process, ratio, *, snap: str = "none", t_lo: float = 0.0,
   r = jnp.asarray(ratio, jnp.float32)
   f = lambda t: process.sigma(t) / process.alpha(t)
   lo = jnp.full(r.shape, t_lo, jnp.float32)
-  hi = jnp.ones(r.shape, jnp.float32)
+  hi = jnp.full(r.shape, getattr(process, "t_max", 1.0), jnp.float32)
 
   def body(_, bounds):
     lo, hi = bounds
@@ -273,18 +320,18 @@ def time_of_ratio(process, ratio, *, snap: str = "none", t_lo: float = 0.0,
 
 
 def ratio_range(process, t_lo: float = 0.0):
-  """(sigma/alpha at t_lo, at 1): the noise levels a process covers."""
+  """(sigma/alpha at t_lo, at t_max): the noise levels a process covers."""
   with jax.ensure_compile_time_eval():
     ratio = lambda t: float(process.sigma(jnp.float32(t)) /
                             process.alpha(jnp.float32(t)))
-    return ratio(t_lo), ratio(1.0)
+    return ratio(t_lo), ratio(getattr(process, "t_max", 1.0))
 
 
 def make_sde(name: str, *, schedule: str = "linear",
              num_steps=None, schedule_kwargs=None, **kwargs) -> SDE:
   """Builds an SDE by name. VP/sub-VP take a schedule by name."""
   cls = SDES.get(name)
-  if name == "ve":
+  if name in ("ve", "flow"):
     return cls(**kwargs)
   sched = schedules_lib.make_schedule(
       schedule, num_steps=num_steps, **dict(schedule_kwargs or {}))

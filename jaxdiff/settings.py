@@ -20,6 +20,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 
 import ml_collections
 
+from jaxdiff.settings_modes import (  # re-exported: one place for defaults
+    ClassifySettings, DenoiseSettings, EvalSettings, VizSettings)
+
 T = TypeVar("T")
 
 
@@ -76,6 +79,10 @@ class ModelSettings:
   kwargs: Mapping[str, Any] = _dict(
       ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(14,),
       num_heads=8, dropout=0.1)
+  # What the network outputs (jaxdiff.denoiser.PARAMETERIZATIONS):
+  # eps | x0 | v | velocity (flow matching) | edm (Karras preconditioning)
+  prediction: str = "eps"
+  sigma_data: float = 0.5     # edm: the data's standard deviation
   dtype: str = "float32"      # compute dtype; "bfloat16" keeps fp32 params
   remat: bool = False         # unet: recompute residual blocks (less memory)
 
@@ -84,7 +91,7 @@ class ModelSettings:
 class DiffusionSettings:
   """`config.diffusion`: the forward process."""
   noise: str = "gaussian"     # or "gamma" (DDGM)
-  sde: str = "vp"             # vp | subvp | ve
+  sde: str = "vp"             # vp | subvp | ve | flow (rectified flow)
   schedule: str = "linear"    # linear | cosine
   num_steps: int = 0          # T of the discrete chain; 0: continuous
   schedule_kwargs: Mapping[str, Any] = _dict()
@@ -109,6 +116,11 @@ class TrainingSettings:
   ema_decay: float = 0.999
   lambda_freq: float = 0.0    # weight of the FFT L1 loss on x0_hat
   freq_weighting: str = "none"  # or "snr": see losses.diffusion_loss
+  # Loss weighting (jaxdiff.losses.WEIGHTINGS): none (the plain MSE of the
+  # network's own target) | eps | x0 | v | snr_trunc | min_snr | edm | sigmoid
+  weighting: str = "none"
+  min_snr_gamma: float = 5.0  # min_snr: min(SNR, gamma) in x0 units
+  sigmoid_bias: float = 0.0   # sigmoid: eps-MSE weight sigmoid(bias - logSNR)
   time_sampling: str = "uniform"  # or "lognormal": see losses.sample_time
   lognormal_mean: float = -1.2  # 'lognormal': log(sigma/alpha) ~ N(mean, std^2)
   lognormal_std: float = 1.2
@@ -145,12 +157,17 @@ class SamplingSettings:
   """`config.sampling`: how `--mode sample`, eval and training grids draw."""
   method: str = "ddpm"        # see jaxdiff.samplers.SAMPLERS
   steps: int = 1000
-  grid: str = "uniform"       # uniform | quadratic | karras | logsnr
+  # uniform | quadratic | karras | logsnr; "default": the sampler's own
+  grid: str = "default"
   num_samples: int = 64
   batch_size: int = 64
-  eta: float = 0.0            # ddim
+  eta: float = 0.0            # ddim (euler_ancestral: its own default 1)
   snr: float = 0.16           # pc
-  clip_denoised: bool = False  # ddpm, ddim, dpm_solver_pp: x0_hat in [-1, 1]
+  clip_denoised: bool = False  # ddpm, ddim, dpm_solver_pp(_3m): x0 in [-1, 1]
+  s_churn: float = 0.0        # edm: Karras et al.'s S_churn (0: plain Heun)
+  s_min: float = 0.0          # edm: churn only where s_min <= sigma/alpha
+  s_max: float = 1e9          # ... <= s_max
+  s_noise: float = 1.0        # edm: scale of the churn noise
   guidance_scale: float = 0.0  # classifier-free guidance w
   classes: str = ""           # e.g. "0,1,2": one grid row per class
   use_ema: bool = True
@@ -171,229 +188,6 @@ class SamplingSettings:
     except ValueError:
       raise ValueError(f"config.sampling.classes={self.classes!r} must be "
                        "comma-separated class indices, e.g. '0,1,2'.") from None
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-  """`config.eval` (`--mode eval`): feature-space Frechet distance."""
-  num_samples: int = 1000     # generated images (and real floor images)
-  seed: int = 0               # samples, floor subset and classifier init
-  cache_dir: str = ""         # "" -> <workdir>/cache
-  feature_batch_size: int = 500  # classifier batch when extracting features
-  feature_dim: int = 128      # width of the penultimate (feature) layer
-  classifier_epochs: int = 3
-  classifier_batch_size: int = 128
-  classifier_lr: float = 1e-3
-  classifier_limit: int = 0   # train on the first N images (0: all)
-
-  def validate(self) -> "EvalSettings":
-    if self.num_samples < 2:
-      raise ValueError("config.eval.num_samples must be >= 2 for a Frechet "
-                       f"distance, got {self.num_samples}.")
-    return self
-
-
-@dataclasses.dataclass(frozen=True)
-class VizSettings:
-  """`config.viz` (`--mode viz`): which figures, and their sizes."""
-  figures: str = ""           # comma list of figure names; "" or "all": all
-  seed: int = -1              # -1: config.seed
-  forward_frames: int = 11    # frames of the forward strip
-  schedule_steps: int = 1000  # T of the discrete curves in schedules.png
-  reverse_samples: int = 16   # images per frame of reverse.gif
-  reverse_frames: int = 60    # about this many frames in reverse.gif
-  strip_frames: int = 10      # frames of reverse_strip.png
-  strip_images: int = 4       # images per frame of reverse_strip.png
-  hist_times: str = "0.1,0.5,0.9"  # fractions of T for noise_histograms.png
-  hist_images: int = 64       # real images for the histograms
-  denoise_sigma: float = 0.3  # noise std of the denoising comparison
-  denoise_rows: int = 6       # test images in denoise_comparison.png
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifySettings:
-  """`config.classify` (`--mode classify`): the diffusion classifier.
-
-  Attributes:
-    num_images: classify the first N images of `split`.
-    split: the data split to classify.
-    batch_size: images per jitted call (the network sees batch_size * K).
-    num_pairs: n1, the (t, noise) pairs evaluated for every class.
-    prune_top_k: k > 0 keeps the k best classes after n1 pairs; 0: no pruning.
-    num_pairs_pruned: n2, further pairs evaluated on the kept classes only.
-    weighting: time weighting of the per-pair errors, a `WEIGHTINGS` name.
-    t_min, t_max: the pairs' times are spread over [t_min, t_max] (within
-      the process's own range). The extremes carry little class information:
-      near t = 0 every label denoises alike, near t = 1 the image is gone.
-    seed: key of the fixed (t, noise) pairs.
-    timing_pairs: comma-separated pair counts n for the time-per-image curve.
-    timing_images: images classified for each point of that curve.
-    denoise_sigma: std (in [-1, 1] pixel units) of the Gaussian noise of the
-      Tweedie denoising comparison; 0 skips it.
-    use_ema: classify with the EMA parameters.
-  """
-  num_images: int = 1000
-  split: str = "test"
-  batch_size: int = 50
-  num_pairs: int = 100
-  prune_top_k: int = 0
-  num_pairs_pruned: int = 0
-  weighting: str = "uniform"
-  t_min: float = 0.0
-  t_max: float = 1.0
-  seed: int = 0
-  timing_pairs: str = "10,20,50,100"
-  timing_images: int = 50
-  denoise_sigma: float = 0.2
-  use_ema: bool = True
-
-  @property
-  def timing_list(self) -> List[int]:
-    return [int(n) for n in self.timing_pairs.split(",") if n.strip()]
-
-  @property
-  def total_pairs(self) -> int:
-    """Pairs an image meets: n1, plus n2 when pruning."""
-    return self.num_pairs + (self.num_pairs_pruned if self.prune_top_k else 0)
-
-  def validate(self, num_classes: int) -> "ClassifySettings":
-    """Checks the values against K = num_classes; returns self."""
-    for name in ("num_images", "batch_size", "num_pairs"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"config.classify.{name} must be >= 1, got "
-                         f"{getattr(self, name)}.")
-    if not 0 <= self.prune_top_k <= num_classes:
-      raise ValueError(
-          f"config.classify.prune_top_k={self.prune_top_k} must be in "
-          f"[0, {num_classes}] (0 turns pruning off).")
-    if self.num_pairs_pruned < 0:
-      raise ValueError("config.classify.num_pairs_pruned must be >= 0, got "
-                       f"{self.num_pairs_pruned}.")
-    if self.num_pairs_pruned and not self.prune_top_k:
-      raise ValueError(
-          "config.classify.num_pairs_pruned > 0 needs prune_top_k > 0; set "
-          "--config.classify.prune_top_k (e.g. 2) or num_pairs_pruned=0.")
-    if not 0.0 <= self.t_min < self.t_max <= 1.0:
-      raise ValueError(
-          f"config.classify.t_min={self.t_min} and t_max={self.t_max} must "
-          "satisfy 0 <= t_min < t_max <= 1.")
-    try:
-      counts = self.timing_list
-    except ValueError:
-      raise ValueError(
-          f"config.classify.timing_pairs={self.timing_pairs!r} must be "
-          "comma-separated integers, e.g. '10,20,50,100' (or '' for none)."
-      ) from None
-    if any(n < 1 for n in counts):
-      raise ValueError(f"config.classify.timing_pairs={self.timing_pairs!r} "
-                       "must hold positive integers.")
-    if self.timing_images < 1 and counts:
-      raise ValueError("config.classify.timing_images must be >= 1.")
-    if self.denoise_sigma < 0:
-      raise ValueError("config.classify.denoise_sigma must be >= 0, got "
-                       f"{self.denoise_sigma}.")
-    return self
-
-
-@dataclasses.dataclass(frozen=True)
-class DenoiseSettings:
-  """`config.denoise` (`--mode denoise`). Defaults: the OrganAMNIST protocol.
-
-  Attributes:
-    operator: a name in `jaxdiff.inverse.OPERATORS`.
-    sigma: measurement noise standard deviation.
-    noise_model: likelihood used by DPS: 'clipped' or 'gaussian'.
-    clip_measurement: clip y to [-1, 1].
-    methods: comma-separated names in `jaxdiff.inverse.METHODS`.
-    steps: sampler steps (grid points) of the sampling methods.
-    sampler: base sampler of DPS.
-    clip_denoised: the base sampler clips its x0 estimate to [-1, 1]
-      (ddpm, ddim and dpm_solver_pp only; keeps an imperfect network's early
-      x0 = (x - sigma eps) / alpha, with alpha(1) ~ 0.01, from blowing up).
-      DPS's likelihood always sees the unclipped estimate.
-    grid: time grid kind.
-    zeta: DPS guidance scale.
-    dps_weighting: DPS step: 'normalised' (the paper's) or 'likelihood'
-      (score of p(y | x_t) with x0's variance given x_t).
-    prior_var: data variance of the 'likelihood' weighting.
-    num_posterior: K of posterior_mean.
-    posterior_batch: draws of posterior_mean computed together (0: all K).
-    posterior_of: the method posterior_mean averages.
-    antithetic: posterior_mean draws in antithetic pairs.
-    impute_samples: imputations of y's clipped entries averaged by tweedie
-      (clipped noise model only).
-    num_images: the first N images of the split.
-    method_num_images: fewer images for slow methods, e.g.
-      'posterior_mean:50,dps:100' ('' = num_images for every method).
-    batch_size: images per jitted call, split over the local devices (and
-      rounded up to a multiple of their count; the extra rows are padding).
-    noise_seed: seed of the measurement noise.
-    data_split: data split the images come from.
-    clip_output: clip reconstructions to [-1, 1].
-    use_ema: use the EMA parameters.
-    out_dir: output folder ('' = WORKDIR/denoise).
-    figure_rows: images shown in comparison.png.
-    missing_fraction, mask_seed, box_size, blur_sigma: operator parameters.
-  """
-  operator: str = "denoise"   # denoise | inpaint_random | inpaint_box |
-  #                             blur | sr2 | sr4
-  sigma: float = 0.3          # y = clip(A x + sigma n, -1, 1)
-  noise_model: str = "clipped"  # likelihood: clipped | gaussian
-  clip_measurement: bool = True
-  methods: str = "tweedie,dps,dps_matched,posterior_mean"
-  steps: int = 50             # sampler steps (DPS and matched methods)
-  sampler: str = "ddpm"       # DPS base sampler (any of SAMPLERS)
-  clip_denoised: bool = True  # sampler clips x0_hat (ddpm/ddim/dpm_solver_pp)
-  grid: str = "uniform"
-  zeta: float = 1.0           # DPS step: zeta * grad ||y - A x0_hat||
-  dps_weighting: str = "normalised"  # or 'likelihood'
-  prior_var: float = 1.0      # data variance of the 'likelihood' weighting
-  num_posterior: int = 8      # K samples averaged by posterior_mean
-  posterior_batch: int = 0    # draws computed together (0: all K)
-  posterior_of: str = "dps"   # dps | dps_matched | matched
-  antithetic: bool = False    # posterior_mean: draws in +-noise pairs
-  impute_samples: int = 8     # tweedie: imputations of clipped pixels
-  num_images: int = 300       # the first N images of the split
-  method_num_images: str = ""  # e.g. "posterior_mean:50" for slow ones
-  batch_size: int = 50
-  noise_seed: int = 0
-  data_split: str = "test"
-  clip_output: bool = True
-  use_ema: bool = True
-  out_dir: str = ""           # "" -> WORKDIR/denoise
-  figure_rows: int = 6
-  missing_fraction: float = 0.5  # inpaint_random
-  mask_seed: int = 0          # inpaint_random
-  box_size: int = 12          # inpaint_box
-  blur_sigma: float = 1.0     # blur
-
-  @property
-  def method_names(self) -> List[str]:
-    names = [m.strip() for m in self.methods.split(",") if m.strip()]
-    if not names:
-      raise ValueError("config.denoise.methods is empty; list methods, e.g. "
-                       "'tweedie,dps'.")
-    return names
-
-  def images_per_method(self) -> Dict[str, int]:
-    """Images each method reconstructs (`method_num_images` applied)."""
-    counts = {m: self.num_images for m in self.method_names}
-    for item in filter(None, (s.strip() for s in
-                              self.method_num_images.split(","))):
-      name, _, num = item.partition(":")
-      if name not in counts or not num.strip().isdigit() or int(num) < 1:
-        raise ValueError(
-            f"Bad config.denoise.method_num_images entry {item!r}; use "
-            f"'method:N' with a method of {counts} and N >= 1.")
-      counts[name] = min(int(num), self.num_images)
-    return counts
-
-  def validate(self) -> "DenoiseSettings":
-    if self.num_images < 1 or self.batch_size < 1:
-      raise ValueError(f"config.denoise.num_images and batch_size must be "
-                       f">= 1, got {self.num_images}, {self.batch_size}.")
-    self.images_per_method()
-    return self
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

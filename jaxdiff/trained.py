@@ -6,9 +6,9 @@
 
 `restore` reads the newest readable checkpoint of a workdir and returns a
 `Trained`: the flax module, its (EMA) parameters, the step, the forward
-process and the typed settings. From it: the network's noise prediction with
-parameters, labels and guidance bound (`eps_fn`), the denoiser (eps, x0) at
-a time (`denoise`), a jitted sampling function (`sample_fn`, the batch split
+process and the typed settings. From it: the denoiser with parameters,
+labels and guidance bound (`denoise_fn`: (x, t) -> Prediction(eps, x0),
+whatever the network's parameterization), its value at a time (`denoise`), a jitted sampling function (`sample_fn`, the batch split
 over the local devices when their count divides it) and batched generation
 (`generate`). Nothing else in jaxdiff restores a model or builds a sampling
 function.
@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxdiff import checkpoint as ckpt_lib
 from jaxdiff import config as config_lib
+from jaxdiff import denoiser as denoiser_lib
 from jaxdiff import samplers
 from jaxdiff.settings import Settings
 from jaxdiff.train import state as state_lib
@@ -70,16 +71,17 @@ def refuse_nonfinite(tree, step: int, directory: str,
       "--workdir.")
 
 
-def check_sampler(method: str, grid: str = "uniform") -> None:
+def check_sampler(method: str, grid: str = "default") -> None:
   """Raises ValueError (saying what to use) for an unknown sampler or grid."""
   if method not in samplers.SAMPLERS:
     raise ValueError(
         f"Unknown sampler {method!r} (config.sampling.method); use one of "
         f"{', '.join(samplers.SAMPLERS.names())}.")
-  if grid not in samplers.GRIDS:
+  if grid != "default" and grid not in samplers.GRIDS:
     raise ValueError(
         f"Unknown config.sampling.grid {grid!r}; use one of "
-        f"{', '.join(samplers.GRIDS.names())}.")
+        f"{', '.join(samplers.GRIDS.names())} or 'default' (the sampler's "
+        "own).")
 
 
 def sampling_mesh(batch_size: int) -> Optional[jax.sharding.Mesh]:
@@ -101,7 +103,7 @@ def make_sample_fn(s: Settings, apply_fn: Callable, process, *,
 
   Args:
     s: the run's settings (sampling, data, training.conditional).
-    apply_fn: (params, x, t, y) -> eps_hat.
+    apply_fn: (params, x, t, y) -> the network's output F.
     process: the forward process.
     method, steps, batch_size: override `s.sampling`'s.
     mesh: split the batch over this mesh's devices (params replicated).
@@ -115,6 +117,7 @@ def make_sample_fn(s: Settings, apply_fn: Callable, process, *,
   check_sampler(method, sc.grid)
   shape = (batch_size, *s.data.image_shape)
   options = config_lib.sampler_options(sc, method)
+  param = config_lib.build_parameterization(s)
   conditional = s.training.conditional
   jit_kwargs = {}
   if mesh is not None and mesh.size > 1 and batch_size % mesh.size == 0:
@@ -122,10 +125,12 @@ def make_sample_fn(s: Settings, apply_fn: Callable, process, *,
 
   @functools.partial(jax.jit, **jit_kwargs)
   def sample_fn(params, key, labels=None):
-    eps_fn = samplers.model_eps_fn(
-        apply_fn, params, labels=labels if conditional else None,
+    denoise_fn = denoiser_lib.model_denoiser(
+        apply_fn, params, process, param,
+        labels=labels if conditional else None,
         num_classes=s.data.num_classes, guidance_scale=sc.guidance_scale)
-    return samplers.sample(method, process, eps_fn, key, shape, steps=steps,
+    return samplers.sample(method, process, denoise_fn, key, shape,
+                           steps=steps,
                            grid=sc.grid, trajectory_every=trajectory_every,
                            **options)
 
@@ -169,8 +174,13 @@ class Trained:
 
   @property
   def apply_fn(self) -> Callable:
-    """(params, x, t, y) -> eps_hat."""
+    """(params, x, t, y) -> the network's raw output F."""
     return state_lib.make_apply_fn(self.model)
+
+  @property
+  def parameterization(self) -> denoiser_lib.Parameterization:
+    """What F means (config.model.prediction)."""
+    return config_lib.build_parameterization(self.settings)
 
   @property
   def image_shape(self) -> Tuple[int, int, int]:
@@ -180,13 +190,15 @@ class Trained:
   def num_classes(self) -> int:
     return self.settings.data.num_classes
 
-  def eps_fn(self, labels: Optional[Array] = None, *,
-             guidance_scale: float = 0.0, params=None) -> samplers.EpsFn:
-    """eps_fn(x, t) with parameters, labels and guidance bound."""
-    return samplers.model_eps_fn(
+  def denoise_fn(self, labels: Optional[Array] = None, *,
+                 guidance_scale: float = 0.0,
+                 params=None) -> denoiser_lib.DenoiseFn:
+    """denoise_fn(x, t) -> Prediction(eps, x0), with parameters, labels
+    and guidance bound."""
+    return denoiser_lib.model_denoiser(
         self.apply_fn, self.params if params is None else params,
-        labels=labels, num_classes=self.num_classes,
-        guidance_scale=guidance_scale)
+        self.process, self.parameterization, labels=labels,
+        num_classes=self.num_classes, guidance_scale=guidance_scale)
 
   def denoise(self, x: Array, t: Array, labels: Optional[Array] = None
               ) -> Tuple[Array, Array]:
@@ -198,8 +210,8 @@ class Trained:
       labels: [B] int class labels (conditional models), or None.
     """
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
-    eps = self.apply_fn(self.params, x, t, labels)
-    return eps, self.process.eps_to_x0(x, eps, t)
+    pred = self.denoise_fn(labels)(x, t)
+    return pred.eps, pred.x0
 
   def sample_fn(self, *, method: Optional[str] = None,
                 steps: Optional[int] = None,

@@ -370,6 +370,20 @@ def config_changes(saved: Mapping[str, Any], requested: Mapping[str, Any]
   return changes
 
 
+# Keys that say what a checkpoint's network output means without changing
+# its parameters' shapes: a mode reading the run with other values would
+# restore it and silently compute the wrong thing.
+MEANING = ("model.prediction", "model.sigma_data", "diffusion",
+           "training.conditional")
+
+
+def meaning_changes(saved: Mapping[str, Any], requested: Mapping[str, Any]
+                    ) -> List[Tuple[str, Any, Any]]:
+  """The `MEANING` keys whose requested value differs from the run's."""
+  return [c for c in config_changes(saved, requested)
+          if any(c[0] == k or c[0].startswith(k + ".") for k in MEANING)]
+
+
 def is_resumable(key: str) -> bool:
   """Whether changing `key` leaves a resumed run's results as they were."""
   parts = key.split(".")

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from jaxdiff import classifier
+from jaxdiff import denoiser
 from jaxdiff import run as run_lib
-from jaxdiff import samplers
 from jaxdiff import sde as sde_lib
 from jaxdiff import settings as settings_lib
 from jaxdiff.modes import classify as classify_mode
@@ -327,7 +327,7 @@ def test_label_vs_null_denoising_label_helps(vp):
   np.testing.assert_allclose(again["label"], out["label"], atol=1e-6)
 
 
-def test_guided_eps_of_model_eps_fn(vp):
+def test_guided_prediction_of_model_denoiser(vp):
   x, labels = _blob_samples(2)
   t = jnp.full((x.shape[0],), 0.4)
   apply_fn = _blob_apply_fn(vp)
@@ -335,14 +335,57 @@ def test_guided_eps_of_model_eps_fn(vp):
 
   @jax.jit
   def guided_cond_uncond(x, t, y):
-    eps_fn = samplers.model_eps_fn(apply_fn, PARAMS, labels=y, num_classes=K,
-                                   guidance_scale=2.0)
-    return (eps_fn(x, t), apply_fn(PARAMS, x, t, y),
+    denoise_fn = denoiser.model_denoiser(
+        apply_fn, PARAMS, vp, denoiser.eps_prediction(), labels=y,
+        num_classes=K, guidance_scale=2.0)
+    return (denoise_fn(x, t), apply_fn(PARAMS, x, t, y),
             apply_fn(PARAMS, x, t, jnp.full_like(y, K)))
 
   guided, cond, uncond = guided_cond_uncond(x, t, y)
-  np.testing.assert_allclose(guided, 3.0 * cond - 2.0 * uncond,
+  np.testing.assert_allclose(guided.eps, 3.0 * cond - 2.0 * uncond,
                              rtol=1e-5, atol=1e-6)
+  # x0 is guided alike, so the pair stays consistent: x = alpha x0 + sigma eps.
+  np.testing.assert_allclose(
+      guided.x0, vp.eps_to_x0(x, guided.eps, t), rtol=1e-5, atol=1e-5)
+
+
+def _blob_network(sde, param):
+  """The blobs' exact denoiser written in the parameterization `param`: a
+  network (params, x_in, t, y) -> F, its input scaled by c_in if any."""
+  eps_apply = _blob_apply_fn(sde)
+
+  def apply_fn(params, x_in, t, y):
+    x = x_in
+    if param.input_scale is not None:
+      x = x_in / sde_lib.bcast(param.input_scale(sde, t), x_in)
+    p = denoiser.from_eps(sde, x, t, eps_apply(params, x, t, y))
+    return param.target(sde, p.x0, p.eps, t)
+
+  return apply_fn
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v", "edm"])
+def test_classifier_sees_only_the_prediction(vp, prediction):
+  """A network predicting x0, v or EDM's F exactly scores every class with
+  the same eps-MSE as the eps network, and denoises alike."""
+  x, labels = _blob_samples(3)
+  pairs = classifier.make_pairs(vp, jax.random.key(7), 8, SHAPE)
+  param = denoiser.make_parameterization(prediction)
+  ref = classifier.make_classify_fn(_blob_apply_fn(vp), vp, K, num_pairs=8)(
+      PARAMS, x, pairs)
+  got = classifier.make_classify_fn(_blob_network(vp, param), vp, K,
+                                    num_pairs=8, param=param)(
+      PARAMS, x, pairs)
+  np.testing.assert_allclose(got.errors, ref.errors, rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(got.pred, ref.pred)
+  noisy = x + 0.3 * jax.random.normal(jax.random.key(0), x.shape)
+  t = classifier.noise_level_time(vp, 0.3)
+  y = jnp.asarray(labels)
+  ref_pair = classifier.tweedie_with_and_without_label(
+      _blob_apply_fn(vp), PARAMS, vp, noisy, y, t, K)
+  got_pair = classifier.tweedie_with_and_without_label(
+      _blob_network(vp, param), PARAMS, vp, noisy, y, t, K, param=param)
+  np.testing.assert_allclose(got_pair, ref_pair, atol=1e-5)
 
 
 # ------------------------------------------------------------------ options

@@ -27,6 +27,7 @@ from configs import mnist_ddpm
 from configs import organamnist
 from jaxdiff import config as config_lib
 from jaxdiff import data as data_lib
+from jaxdiff import denoiser
 from jaxdiff import figures
 from jaxdiff import inverse
 from jaxdiff import run as run_lib
@@ -203,6 +204,18 @@ def test_trajectory_every_frame_count():
   assert figures.trajectory_every(7, 60, True) == 1
 
 
+def test_grid_kind_is_the_samplers_own_for_default(config):
+  """config.sampling.grid 'default': the trajectory's grid is the one
+  `samplers.sample` runs, the sampler's own (heun: Karras's)."""
+  process = config_lib.build_process(config)
+  assert figures.grid_kind(process, "heun", "default", 8) == "karras"
+  assert figures.grid_kind(process, "dpm_solver_pp", "default", 8) == "logsnr"
+  assert figures.grid_kind(process, "ddpm", "default", 8) == "uniform"
+  assert figures.grid_kind(process, "heun", "quadratic", 8) == "quadratic"
+  assert figures.grid_kind(process, "edm", "default", 8,
+                           dict(s_churn=10.0)) == "karras"
+
+
 @pytest.mark.slow
 def test_reverse_trajectory_and_gif(run):
   """The mode's reverse.gif is the trajectory of key fold_in(key(seed), 3):
@@ -283,7 +296,8 @@ def _oracle(process, noise):
   """A stand-in for `Trained` whose network returns the true noise."""
   return types.SimpleNamespace(
       process=process, params=(),
-      eps_fn=lambda labels=None, params=None: (lambda x, t: noise))
+      denoise_fn=lambda labels=None, params=None: denoiser.eps_denoiser(
+          process, lambda x, t: noise))
 
 
 def test_one_step_column_with_oracle_noise_recovers_clean(config):

@@ -21,6 +21,7 @@ from scipy import stats
 from configs import mnist_ddgm
 from configs import mnist_ddpm
 from jaxdiff import config as config_lib
+from jaxdiff import denoiser
 from jaxdiff import gamma
 from jaxdiff import losses
 from jaxdiff import samplers
@@ -201,7 +202,7 @@ def test_prior_is_the_closed_form_at_T(ddgm):
 
 def test_ddgm_step_adds_posterior_variance_as_gamma(short):
   """With eps = 0, x_s = (alpha_s/alpha_t) x + c z: mean and law of c z."""
-  zero_eps = lambda x, t: jnp.zeros_like(x)
+  zero_eps = denoiser.eps_denoiser(short, lambda x, t: jnp.zeros_like(x))
   stepper = samplers.make_sampler("ddgm", short, zero_eps)
   betas = np.asarray(short.betas)
   ab = _alphabar(betas)
@@ -219,8 +220,8 @@ def test_ddgm_step_adds_posterior_variance_as_gamma(short):
 
 
 def test_ddgm_sampler_determinism(ddgm):
-  eps_fn = lambda x, t: 0.1 * x
-  run = jax.jit(lambda key: samplers.sample("ddgm", ddgm, eps_fn, key,
+  denoise_fn = denoiser.eps_denoiser(ddgm, lambda x, t: 0.1 * x)
+  run = jax.jit(lambda key: samplers.sample("ddgm", ddgm, denoise_fn, key,
                                             (2, 4, 4, 1), steps=20))
   a, b, c = run(jax.random.key(0)), run(jax.random.key(0)), run(
       jax.random.key(1))
@@ -231,17 +232,19 @@ def test_ddgm_sampler_determinism(ddgm):
 
 def test_ddgm_sampler_refuses_antithetic_draws(ddgm):
   """-z of a skewed gamma draw is not a gamma draw: noise_sign is refused."""
-  stepper = samplers.make_sampler("ddgm", ddgm, lambda x, t: 0.1 * x)
+  denoise_fn = denoiser.eps_denoiser(ddgm, lambda x, t: 0.1 * x)
+  stepper = samplers.make_sampler("ddgm", ddgm, denoise_fn)
   ts = samplers.time_grid(ddgm, 5)
   with pytest.raises(ValueError, match="noise is skewed"):
     samplers.integrate(stepper, jnp.zeros((2, 4)), ts, jax.random.key(0),
-                       sde=ddgm, eps_fn=lambda x, t: 0.1 * x, noise_sign=-1.0)
+                       sde=ddgm, denoise_fn=denoise_fn, noise_sign=-1.0)
 
 
 def test_ddgm_sampler_needs_gamma_process():
   vp = sde_lib.make_sde("vp", num_steps=1000)
   with pytest.raises(ValueError, match="noise='gamma'"):
-    samplers.make_sampler("ddgm", vp, lambda x, t: x)
+    samplers.make_sampler("ddgm", vp, denoiser.eps_denoiser(vp,
+                                                            lambda x, t: x))
 
 
 def test_gamma_process_is_not_gaussian_but_has_the_chain_moments(ddgm):

@@ -16,6 +16,7 @@ from PIL import Image
 from scipy import special as sp_special
 from scipy import stats
 
+from jaxdiff import denoiser
 from jaxdiff import gamma
 from jaxdiff import inverse
 from jaxdiff import samplers
@@ -32,13 +33,18 @@ MU, S2, SIG = 0.2, 0.25, 0.3
 SHAPE = (8, 8, 1)
 
 
-def _gaussian_eps_fn(sde):
+def _gaussian_eps(sde, mu=MU, s2=S2):
   """eps(x, t) = sigma (x - alpha mu) / (alpha^2 s2 + sigma^2), exactly."""
   def eps_fn(x, t):
     a = sde_lib.bcast(sde.alpha(t), x)
     s = sde_lib.bcast(sde.sigma(t), x)
-    return s * (x - a * MU) / (a**2 * S2 + s**2)
+    return s * (x - a * mu) / (a**2 * s2 + s**2)
   return eps_fn
+
+
+def _gaussian_denoiser(sde):
+  """The exact denoiser of N(MU, S2 I) data (an eps network)."""
+  return denoiser.eps_denoiser(sde, _gaussian_eps(sde))
 
 
 @pytest.fixture(name="vp", scope="module")
@@ -242,15 +248,16 @@ def test_imputed_tweedie_averages_estimates_of_imputed_y(vp):
   op = inverse.make_operator("denoise", SHAPE)
   clipped = inverse.InverseProblem(op, sigma=SIG)
   gauss = inverse.InverseProblem(op, sigma=SIG, noise_model="gaussian")
-  eps_fn = _gaussian_eps_fn(vp)
+  denoise_fn = _gaussian_denoiser(vp)
   x = jnp.full((4, *SHAPE), -0.95)
   y = clipped.measure(jax.random.key(5), x)
   assert float(jnp.mean(y <= -1)) > 0.2
   settings = inverse.MethodSettings(clip_output=False, impute_samples=3)
   key = jax.random.key(7)
-  est = inverse.make_method("tweedie", vp, clipped, settings)(eps_fn, y, key)
+  est = inverse.make_method("tweedie", vp, clipped, settings)(denoise_fn, y,
+                                                              key)
   plain = inverse.make_method("tweedie", vp, gauss, settings)
-  one = lambda yy: plain(eps_fn, yy, key)
+  one = lambda yy: plain(denoise_fn, yy, key)
   expected = jnp.mean(jnp.stack([one(clipped.impute(k, y)) for k in
                                  jax.random.split(key, 3)]), axis=0)
   np.testing.assert_allclose(est, expected, rtol=1e-5, atol=1e-5)
@@ -291,15 +298,15 @@ def test_gaussian_only_methods_refuse_the_gamma_process(gaussian_case):
   it, so every method, DPS and the Tweedie estimate say so in one line."""
   problem, _, y, _ = gaussian_case
   ddgm = gamma.make_gamma_process(num_steps=100)
-  eps_fn = lambda x, t: 0.1 * x
+  denoise_fn = denoiser.eps_denoiser(ddgm, lambda x, t: 0.1 * x)
   for name in inverse.METHODS.names():
     with pytest.raises(ValueError, match="assumes Gaussian noise") as error:
       inverse.make_method(name, ddgm, problem)
     assert "\n" not in str(error.value) and "GammaProcess" in str(error.value)
   with pytest.raises(ValueError, match="^DPS assumes Gaussian noise"):
-    inverse.dps_stepper("ddpm", ddgm, eps_fn, problem, y, zeta=1.0)
+    inverse.dps_stepper("ddpm", ddgm, denoise_fn, problem, y, zeta=1.0)
   with pytest.raises(ValueError, match="Tweedie .* assumes Gaussian noise"):
-    inverse.tweedie(ddgm, eps_fn, y, 0.1)
+    inverse.tweedie(ddgm, denoise_fn, y, 0.1)
 
 
 # ------------------------------------------------- methods on Gaussian data
@@ -311,15 +318,15 @@ def test_tweedie_at_matched_time_is_the_exact_posterior_mean(vp,
   for sde in (vp, sde_lib.make_sde("vp", schedule="linear")):
     method = inverse.make_method(
         "tweedie", sde, problem, inverse.MethodSettings(clip_output=False))
-    est = jax.jit(lambda y_, m=method, s=sde: m(_gaussian_eps_fn(s), y_,
+    est = jax.jit(lambda y_, m=method, s=sde: m(_gaussian_denoiser(s), y_,
                                                 jax.random.key(0)))(y)
     np.testing.assert_allclose(est, exact, atol=2e-5)
 
 
-def _check_posterior_draws(method, eps_fn, y, exact, *, mean_tol, var_tol):
+def _check_posterior_draws(method, denoise_fn, y, exact, *, mean_tol, var_tol):
   """256 draws of `method` have the exact posterior's mean and variance
   (standard error of each pixel's mean: about 0.012-0.016)."""
-  draws = jax.jit(lambda y_: jax.vmap(lambda k: method(eps_fn, y_, k))(
+  draws = jax.jit(lambda y_: jax.vmap(lambda k: method(denoise_fn, y_, k))(
       jax.random.split(jax.random.key(3), 256)))(y)  # [256, 4, 8, 8, 1]
   post_var = S2 * SIG**2 / (S2 + SIG**2)
   assert float(jnp.abs(draws.mean(0) - exact).mean()) < mean_tol
@@ -332,7 +339,7 @@ def test_matched_sampling_draws_the_exact_posterior(vp, gaussian_case):
   problem, _, y, exact = gaussian_case
   settings = inverse.MethodSettings(steps=50, clip_output=False)
   method = inverse.make_method("matched", vp, problem, settings)
-  _check_posterior_draws(method, _gaussian_eps_fn(vp), y, exact,
+  _check_posterior_draws(method, _gaussian_denoiser(vp), y, exact,
                          mean_tol=0.025, var_tol=0.15)
 
 
@@ -343,7 +350,7 @@ def test_dps_posterior_mean_is_close_to_the_exact_one(vp, gaussian_case):
   settings = inverse.MethodSettings(steps=50, zeta=0.3, num_posterior=128,
                                     clip_output=False)
   method = inverse.make_method("posterior_mean", vp, problem, settings)
-  est = jax.jit(lambda y_: method(_gaussian_eps_fn(vp), y_,
+  est = jax.jit(lambda y_: method(_gaussian_denoiser(vp), y_,
                                   jax.random.key(3)))(y)
   err = float(jnp.abs(est - exact).mean())
   assert err < 0.7 * float(jnp.abs(y - exact).mean())
@@ -363,25 +370,25 @@ def test_likelihood_weighted_dps_samples_the_exact_posterior(
                                     clip_output=False,
                                     dps_weighting="likelihood", prior_var=S2)
   method = inverse.make_method("dps", vp, problem, settings)
-  eps_fn = _gaussian_eps_fn(vp)
-  _check_posterior_draws(method, eps_fn, y, exact, mean_tol=0.02,
+  denoise_fn = _gaussian_denoiser(vp)
+  _check_posterior_draws(method, denoise_fn, y, exact, mean_tol=0.02,
                          var_tol=var_tol)
   # The paper's normalised step with the same zeta is far from it.
   normalised = inverse.make_method(
       "posterior_mean", vp, problem, inverse.MethodSettings(
           steps=100, zeta=1.0, clip_output=False, num_posterior=64))
-  est = jax.jit(lambda y_: normalised(eps_fn, y_, jax.random.key(3)))(y)
+  est = jax.jit(lambda y_: normalised(denoise_fn, y_, jax.random.key(3)))(y)
   assert float(jnp.abs(est - exact).mean()) > 0.05
 
 
 def test_dps_weighting_is_checked(vp, gaussian_case):
   problem, _, y, _ = gaussian_case
-  eps_fn = _gaussian_eps_fn(vp)
+  denoise_fn = _gaussian_denoiser(vp)
   with pytest.raises(ValueError, match="weighting"):
-    inverse.dps_stepper("ddpm", vp, eps_fn, problem, y, zeta=1.0,
+    inverse.dps_stepper("ddpm", vp, denoise_fn, problem, y, zeta=1.0,
                         weighting="paper")
   with pytest.raises(ValueError, match="prior_var"):
-    inverse.dps_stepper("ddpm", vp, eps_fn, problem, y, zeta=1.0,
+    inverse.dps_stepper("ddpm", vp, denoise_fn, problem, y, zeta=1.0,
                         weighting="likelihood", prior_var=0.0)
 
 
@@ -391,13 +398,13 @@ def test_posterior_draws_in_groups_equal_all_at_once(vp, gaussian_case, group):
   over groups instead of one vmap): draw k keeps its key, so the mean is the
   same."""
   problem, _, y, _ = gaussian_case
-  eps_fn = _gaussian_eps_fn(vp)
+  denoise_fn = _gaussian_denoiser(vp)
   est = {}
   for batch in (0, group):
     settings = inverse.MethodSettings(steps=6, zeta=0.3, num_posterior=4,
                                       posterior_batch=batch)
     method = inverse.make_method("posterior_mean", vp, problem, settings)
-    est[batch] = jax.jit(lambda y_, m=method: m(eps_fn, y_,
+    est[batch] = jax.jit(lambda y_, m=method: m(denoise_fn, y_,
                                                 jax.random.key(3)))(y)
   np.testing.assert_allclose(est[group], est[0], atol=1e-5)
   assert float(jnp.abs(est[0] - y).mean()) > 0.05  # not a copy of y
@@ -412,7 +419,7 @@ def test_antithetic_pair_mean_is_the_exact_posterior_mean(vp, gaussian_case):
   exact posterior mean E[x | y]; two independent draws do not. Each draw of
   the pair is still a posterior draw (see the test of `matched` above)."""
   problem, _, y, exact = gaussian_case
-  eps_fn = _gaussian_eps_fn(vp)
+  denoise_fn = _gaussian_denoiser(vp)
   est = {}
   for antithetic in (True, False):
     settings = inverse.MethodSettings(steps=20, num_posterior=2,
@@ -420,7 +427,7 @@ def test_antithetic_pair_mean_is_the_exact_posterior_mean(vp, gaussian_case):
                                       antithetic=antithetic,
                                       clip_output=False)
     method = inverse.make_method("posterior_mean", vp, problem, settings)
-    est[antithetic] = jax.jit(lambda y_, m=method: m(eps_fn, y_,
+    est[antithetic] = jax.jit(lambda y_, m=method: m(denoise_fn, y_,
                                                      jax.random.key(3)))(y)
   np.testing.assert_allclose(est[True], exact, atol=1e-4)
   assert float(jnp.abs(est[False] - exact).mean()) > 0.05
@@ -433,16 +440,16 @@ def test_antithetic_draws_pair_up_by_key_and_sign(vp, gaussian_case, k):
   noise; an odd K's middle draw is unpaired. The DPS mean equals the mean of the draws made
   one by one with the same keys and signs."""
   problem, _, y, _ = gaussian_case
-  eps_fn = _gaussian_eps_fn(vp)
+  denoise_fn = _gaussian_denoiser(vp)
   settings = inverse.MethodSettings(steps=6, zeta=0.3, num_posterior=k,
                                     antithetic=True, clip_output=False)
   mean = inverse.make_method("posterior_mean", vp, problem, settings)
   one = inverse.make_method("dps", vp, problem, settings)
   keys = jax.random.split(jax.random.key(3), k)
   half = k // 2
-  draws = [one(eps_fn, y, keys[j], noise_sign=1.0) for j in range(k - half)]
-  draws += [one(eps_fn, y, keys[j], noise_sign=-1.0) for j in range(half)]
-  np.testing.assert_allclose(mean(eps_fn, y, jax.random.key(3)),
+  draws = [one(denoise_fn, y, keys[j], noise_sign=1.0) for j in range(k - half)]
+  draws += [one(denoise_fn, y, keys[j], noise_sign=-1.0) for j in range(half)]
+  np.testing.assert_allclose(mean(denoise_fn, y, jax.random.key(3)),
                              jnp.mean(jnp.stack(draws), 0), atol=1e-5)
   assert float(jnp.abs(draws[0] - draws[k - half]).mean()) > 0.05
 
@@ -451,11 +458,11 @@ def test_dps_step_is_the_normalised_residual_gradient(vp, gaussian_case):
   """For Gaussian data x0_hat(x) = c1 x + c0, so a DPS step adds exactly
   zeta c1 (y - x0_hat) / ||y - x0_hat|| to the base step (per image)."""
   problem, _, y, _ = gaussian_case
-  eps_fn = _gaussian_eps_fn(vp)
+  denoise_fn = _gaussian_denoiser(vp)
   x = jax.random.normal(jax.random.key(4), y.shape)
   t, s, key, zeta = 0.6, 0.5, jax.random.key(5), 0.7
-  base = samplers.make_sampler("ddpm", vp, eps_fn)
-  dps = inverse.dps_stepper("ddpm", vp, eps_fn, problem, y, zeta=zeta)
+  base = samplers.make_sampler("ddpm", vp, denoise_fn)
+  dps = inverse.dps_stepper("ddpm", vp, denoise_fn, problem, y, zeta=zeta)
   noise = samplers.Noise(key)
   got = dps.step({"x": x}, jnp.float32(t), jnp.float32(s), noise)["x"]
   ref = base.step({"x": x}, jnp.float32(t), jnp.float32(s), noise)["x"]
@@ -484,10 +491,7 @@ def test_clipped_likelihood_dps_finds_the_censored_posterior_mean(vp):
   exact = np.where(y <= -1, mu + g * (below - mu), mu + g * (y - mu))
   assert 0.15 < (y <= -1).mean() < 0.4 and (y >= 1).sum() == 0
 
-  def eps_fn(x_, t):
-    al = sde_lib.bcast(vp.alpha(t), x_)
-    sg = sde_lib.bcast(vp.sigma(t), x_)
-    return sg * (x_ - al * mu) / (al**2 * s2 + sg**2)
+  denoise_fn = denoiser.eps_denoiser(vp, _gaussian_eps(vp, mu, s2))
 
   errors = {}
   for noise_model in ("gaussian", "clipped"):
@@ -496,7 +500,7 @@ def test_clipped_likelihood_dps_finds_the_censored_posterior_mean(vp):
                                  inverse.MethodSettings(
                                      steps=50, zeta=0.3, num_posterior=64,
                                      clip_output=False))
-    est = jax.jit(lambda y_, m=method: m(eps_fn, y_, jax.random.key(3)))(
+    est = jax.jit(lambda y_, m=method: m(denoise_fn, y_, jax.random.key(3)))(
         jnp.asarray(y))
     errors[noise_model] = float(np.mean((np.asarray(est) - exact)**2))
   assert errors["clipped"] < 0.3 * errors["gaussian"], errors
@@ -506,22 +510,68 @@ def test_clipped_likelihood_dps_finds_the_censored_posterior_mean(vp):
 @pytest.mark.parametrize("sampler", ["ddpm", "heun", "dpm_solver_pp"])
 def test_dps_with_zeta_zero_is_the_base_sampler(vp, gaussian_case, sampler):
   problem, _, y, _ = gaussian_case
-  eps_fn = _gaussian_eps_fn(vp)
+  denoise_fn = _gaussian_denoiser(vp)
   settings = inverse.MethodSettings(sampler=sampler, steps=6, zeta=0.0,
                                     clip_output=False)
   method = inverse.make_method("dps", vp, problem, settings)
   key = jax.random.key(7)
-  got = jax.jit(lambda y_: method(eps_fn, y_, key))(y)
-  ref = jax.jit(lambda: samplers.sample(sampler, vp, eps_fn, key, y.shape,
-                                        steps=6))()
+  got = jax.jit(lambda y_: method(denoise_fn, y_, key))(y)
+  ref = jax.jit(lambda: samplers.sample(
+      sampler, vp, denoise_fn, key, y.shape, steps=6, grid=settings.grid))()
   np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def _exact_network(sde, param):
+  """A "network" (params, x_in, t, y) -> F whose output is the exact target
+  of `param` for N(MU, S2 I) data: the same denoiser as `_gaussian_denoiser`
+  written in another parameterization (its input scaled by c_in, if any)."""
+  eps_fn = _gaussian_eps(sde)
+
+  def apply_fn(params, x_in, t, y=None):
+    del params, y
+    x = x_in
+    if param.input_scale is not None:
+      x = x_in / sde_lib.bcast(param.input_scale(sde, t), x_in)
+    p = denoiser.from_eps(sde, x, t, eps_fn(x, t))
+    return param.target(sde, p.x0, p.eps, t)
+
+  return apply_fn
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v", "velocity", "edm"])
+def test_tweedie_and_dps_see_only_the_prediction(vp, gaussian_case,
+                                                 prediction):
+  """A network that predicts x0, v, the flow velocity or EDM's F exactly
+  gives the same Tweedie estimate and DPS reconstructions (normalised and
+  likelihood weighting) as the equivalent eps network."""
+  problem, _, y, _ = gaussian_case
+  param = denoiser.make_parameterization(prediction)
+  other = denoiser.model_denoiser(_exact_network(vp, param), None, vp, param)
+  eps_net = denoiser.model_denoiser(
+      _exact_network(vp, denoiser.eps_prediction()), None, vp,
+      denoiser.eps_prediction())
+  key = jax.random.key(3)
+  runs = [("tweedie", inverse.MethodSettings(clip_output=False))]
+  if prediction in ("v", "edm"):  # the DPS runs (slower): two of the four
+    runs += [(name, inverse.MethodSettings(
+        steps=6, zeta=0.5, clip_output=False, dps_weighting=weighting,
+        prior_var=S2)) for name, weighting in (
+            ("dps", "normalised"), ("dps_matched", "likelihood"))]
+  for name, settings in runs:
+    method = inverse.make_method(name, vp, problem, settings)
+    run = jax.jit(lambda y_, f, m=method: m(f, y_, key), static_argnums=1)
+    ref = run(y, eps_net)
+    np.testing.assert_allclose(run(y, other), ref, rtol=1e-4, atol=1e-4,
+                               err_msg=f"{name} ({prediction})")
+    if name != "tweedie":
+      assert float(jnp.abs(ref - y).mean()) > 0.01  # a real reconstruction
 
 
 def test_dps_is_deterministic_for_a_key(vp, gaussian_case):
   problem, _, y, _ = gaussian_case
   method = inverse.make_method(
       "dps", vp, problem, inverse.MethodSettings(steps=5, zeta=0.5))
-  run = jax.jit(lambda y_, k: method(_gaussian_eps_fn(vp), y_, k))
+  run = jax.jit(lambda y_, k: method(_gaussian_denoiser(vp), y_, k))
   a = run(y, jax.random.key(0))
   np.testing.assert_array_equal(a, run(y, jax.random.key(0)))
   assert float(jnp.abs(a - run(y, jax.random.key(1))).max()) > 1e-3
@@ -540,7 +590,7 @@ def test_dps_reduces_the_residual_for_other_operators(vp, operator):
   def residual(zeta):
     method = inverse.make_method("dps", vp, problem, inverse.MethodSettings(
         steps=20, zeta=zeta, clip_output=False))
-    est = method(_gaussian_eps_fn(vp), y, jax.random.key(3))
+    est = method(_gaussian_denoiser(vp), y, jax.random.key(3))
     return float(jnp.mean(problem.residual(y, est)))
 
   assert residual(1.0) < 0.6 * residual(0.0)

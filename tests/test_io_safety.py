@@ -345,3 +345,31 @@ def test_sample_on_a_full_disk_leaves_no_partial_output(tmp_path):
     assert outputs == [] and hidden == [], (outputs, hidden, out.stderr[-2000:])
   finally:
     subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_modes_refuse_a_run_read_with_another_meaning(tmp_path):
+  """A mode reading a run with another prediction, process or conditioning
+  than it was trained with fails in one line naming the flag to pass; the
+  keys a mode may change (sampling, compute dtype) pass."""
+  from configs import organamnist  # pylint: disable=g-import-not-at-top
+  from jaxdiff import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxdiff import run as run_lib  # pylint: disable=g-import-not-at-top
+  from jaxdiff import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  trained = organamnist.get_config("tiny")
+  trained.model.prediction = "v"
+  workdir_lib.write_config(str(tmp_path), config_lib.to_json(trained))
+  for key, value in [("model.prediction", "eps"), ("diffusion.sde", "ve"),
+                     ("training.conditional", True)]:
+    c = organamnist.get_config("tiny")
+    c.model.prediction = "v"
+    section, name = key.split(".")
+    c[section][name] = value
+    with pytest.raises(workdir_lib.WorkdirError, match=key):
+      run_lib.check_workdir(c, str(tmp_path), "sample")
+  c = organamnist.get_config("tiny")
+  c.model.prediction = "v"
+  c.sampling.method, c.model.dtype = "heun", "bfloat16"
+  run_lib.check_workdir(c, str(tmp_path), "sample")
+  with pytest.raises(workdir_lib.WorkdirError, match='prediction="v"'):
+    run_lib.check_workdir(organamnist.get_config("tiny"), str(tmp_path),
+                          "denoise")

@@ -2,6 +2,8 @@
 
 - Nothing under `jaxdiff/` except `run.py` and `modes/` imports `jaxdiff.run`
   or `jaxdiff.modes`.
+- The core modules (`CORE`: schedules, SDEs, the denoiser, the samplers)
+  import no other part of jaxdiff.
 - Loading any config file imports neither flax, JAX nor matplotlib.
 - Every mode in `run.MODES` is a module of `jaxdiff/modes/` with `run`, and
   every module there is in the table.
@@ -35,6 +37,10 @@ def _imports(path):
         yield f"{node.module}.{alias.name}"
 
 
+# The core: pure diffusion math every library above builds on.
+CORE = ("registry", "schedules", "sde", "denoiser", "samplers")
+
+
 def _is_top_layer(path):
   rel = path.relative_to(PACKAGE)
   return rel.parts[0] == "modes" or rel.as_posix() == "run.py"
@@ -48,6 +54,15 @@ def test_libraries_do_not_import_the_modes(path):
          if name == "jaxdiff.run" or name.startswith("jaxdiff.run.")
          or name == "jaxdiff.modes" or name.startswith("jaxdiff.modes.")]
   assert not bad, f"{path.name} imports {bad}: the modes are the top layer."
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_core_modules_import_only_the_core(name):
+  path = PACKAGE / f"{name}.py"
+  # `from jaxdiff import sde` yields "jaxdiff" and "jaxdiff.sde".
+  bad = sorted({n for n in _imports(path) if n.startswith("jaxdiff.")
+                and n.split(".")[1] not in CORE})
+  assert not bad, f"{path.name} imports {bad}: the core imports only {CORE}."
 
 
 @pytest.mark.parametrize("config", sorted(

@@ -25,6 +25,7 @@ SDE_SPECS = {
     "subvp": ("subvp", {}),
     "ve": ("ve", {}),
     "vp_discrete": ("vp", {"num_steps": T}),
+    "flow": ("flow", {}),
 }
 
 
@@ -175,7 +176,7 @@ def test_marginals_match_simulation(spec):
 @pytest.mark.parametrize("spec", sorted(SDE_SPECS))
 def test_sde_basic_properties(spec):
   sde = _make(spec)
-  t = jnp.linspace(0.01, 1.0, 50)
+  t = jnp.linspace(0.01, sde.t_max, 50)  # flow: alpha(1) = 0, t_max < 1
   alpha, sigma = np.asarray(sde.alpha(t)), np.asarray(sde.sigma(t))
   assert np.all(sigma > 0) and np.all(alpha > 0)
   # The noise-to-signal ratio increases with t (on the chain's steps).
@@ -188,6 +189,10 @@ def test_sde_basic_properties(spec):
     np.testing.assert_allclose(alpha, 1.0)
     np.testing.assert_allclose(float(sde.sigma(0.0)), 0.01, rtol=1e-6)
     np.testing.assert_allclose(float(sde.sigma(1.0)), 50.0, rtol=1e-5)
+  if spec == "flow":  # the straight line x_t = (1 - t) x0 + t n
+    np.testing.assert_allclose(alpha + sigma, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(sigma, np.asarray(t), rtol=1e-6)
+    assert sde.t_max < 1 and sde.prior_std == pytest.approx(sde.t_max)
   # Tweedie inversion of the perturbation: eps_to_x0(x_t, eps) == x0.
   x0 = jax.random.normal(jax.random.key(0), (4, 3, 3, 1))
   tt = jnp.array([0.1, 0.3, 0.6, 0.9])

@@ -13,6 +13,9 @@ of the eps-MSE term of the negative ELBO of x0 given c, so argmin_c is
 approximately argmax_c log p(x0 | c) = argmax_c p(c | x0) under a uniform
 class prior. Sharing the pairs across classes makes the comparison a paired
 one: the noise draw that dominates each error cancels in the differences.
+eps_theta is the network's noise estimate (`Prediction.eps`) whatever its
+parameterization (`jaxdiff.denoiser`): an x0, v or EDM network is scored by
+the same eps-MSE.
 
 Time weighting (`WEIGHTINGS`):
 
@@ -55,18 +58,20 @@ from jaxdiff.classifier.denoising import (label_vs_null_denoising,
                                           noise_level_time,
                                           tweedie_with_and_without_label)
 from jaxdiff.classifier.scoring import (WEIGHTINGS, Classification,
-                                        LabelledEpsFn, Pairs, check_settings,
-                                        classify_batch, denoising_errors,
-                                        elbo_weight, make_classify_fn,
+                                        LabelledDenoiseFn, Pairs,
+                                        check_settings, classify_batch,
+                                        denoising_errors, elbo_weight,
+                                        labelled_denoiser, make_classify_fn,
                                         make_pairs, network_evaluations,
                                         pair_times, settings_pairs,
                                         uniform_weight)
 
 __all__ = [
-    "WEIGHTINGS", "Classification", "LabelledEpsFn", "Pairs",
+    "WEIGHTINGS", "Classification", "LabelledDenoiseFn", "Pairs",
     "accuracy_summary", "batched", "check_settings", "classify_batch",
     "confusion_matrix", "denoising", "denoising_errors", "elbo_weight",
-    "image_batches", "label_vs_null_denoising", "make_classify_fn",
+    "image_batches", "label_vs_null_denoising", "labelled_denoiser",
+    "make_classify_fn",
     "make_pairs", "network_evaluations", "noise_level_time", "pair_times",
     "run_classifier", "scoring", "settings_pairs", "timing_curve",
     "tweedie_with_and_without_label", "uniform_weight",

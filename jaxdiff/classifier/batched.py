@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import denoiser
 from jaxdiff.classifier import scoring
 from jaxdiff.sde import SDE
 from jaxdiff.data import to_model_range
@@ -81,12 +82,13 @@ def run_classifier(classify_fn: Callable, params, images: np.ndarray,
 
 def timing_curve(apply_fn: Callable, params, process: SDE,
                  images: np.ndarray, labels: np.ndarray, pairs: scoring.Pairs,
-                 num_classes: int, *, counts: Sequence[int], batch_size: int
+                 num_classes: int, *, counts: Sequence[int], batch_size: int,
+                 param: Optional[denoiser.Parameterization] = None
                  ) -> List[Dict[str, Any]]:
   """Time per image and accuracy against the number of pairs n (no pruning).
 
   Args:
-    apply_fn: (params, x, t, y) -> eps.
+    apply_fn: (params, x, t, y) -> the network's raw output F.
     params: network parameters.
     process: a Gaussian SDE.
     images: [M, H, W, C] uint8, the images classified at every point.
@@ -95,6 +97,7 @@ def timing_curve(apply_fn: Callable, params, process: SDE,
     num_classes: K.
     counts: the numbers of pairs n.
     batch_size: images per call (capped at M).
+    param: what F means (`Trained.parameterization`; None: eps).
 
   Returns:
     One {"num_pairs", "num_images", "seconds_per_image", "accuracy"} per n.
@@ -103,7 +106,7 @@ def timing_curve(apply_fn: Callable, params, process: SDE,
   curve = []
   for count in counts:
     fn = scoring.make_classify_fn(apply_fn, process, num_classes,
-                                  num_pairs=count)
+                                  num_pairs=count, param=param)
     r = run_classifier(fn, params, images, pairs.slice(0, count),
                        min(batch_size, m))
     curve.append({"num_pairs": count, "num_images": m,

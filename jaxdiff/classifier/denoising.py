@@ -9,12 +9,13 @@ denoising protocol (`jaxdiff.inverse.protocol`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import denoiser
 from jaxdiff import metrics
 from jaxdiff.classifier.batched import image_batches
 from jaxdiff.inverse import protocol
@@ -38,27 +39,32 @@ def noise_level_time(process: SDE, sigma_noise: float) -> float:
         "skip the denoising comparison.") from None
 
 
-def tweedie_with_and_without_label(apply_fn: Callable, params, process: SDE,
-                                   noisy: Array, labels: Array, t: float,
-                                   num_classes: int) -> Tuple[Array, Array]:
+def tweedie_with_and_without_label(
+    apply_fn: Callable, params, process: SDE, noisy: Array, labels: Array,
+    t: float, num_classes: int, *,
+    param: Optional[denoiser.Parameterization] = None) -> Tuple[Array, Array]:
   """One-step Tweedie estimates E[x0 | y] with the true and the null label
   (`jaxdiff.inverse.protocol.tweedie`, one network call on both halves).
 
   Args:
-    apply_fn: (params, x, t, y) -> eps.
+    apply_fn: (params, x, t, y) -> the network's raw output F.
     params: network parameters.
     process: a Gaussian SDE.
     noisy: [B, H, W, C] noisy images y = x0 + s n.
     labels: [B] true labels.
     t: the diffusion time of the noise level s (`noise_level_time`).
     num_classes: K (label K is the null label).
+    param: what F means (`Trained.parameterization`; None: eps).
 
   Returns:
     (x0 with label, x0 with null label), each [B, H, W, C], clipped to [-1, 1].
   """
   y = jnp.concatenate([labels, jnp.full_like(labels, num_classes)])  # [2B]
-  eps_fn = lambda x, t_b: apply_fn(params, x, t_b, y)
-  x0 = protocol.tweedie(process, eps_fn, jnp.concatenate([noisy, noisy]), t)
+  param = denoiser.eps_prediction() if param is None else param
+  denoise_fn = denoiser.model_denoiser(apply_fn, params, process, param,
+                                       labels=y, num_classes=num_classes)
+  x0 = protocol.tweedie(process, denoise_fn, jnp.concatenate([noisy, noisy]),
+                        t)
   with_label, null = jnp.split(jnp.clip(x0, -1.0, 1.0), 2)  # [B, ...] each
   return with_label, null
 
@@ -66,11 +72,13 @@ def tweedie_with_and_without_label(apply_fn: Callable, params, process: SDE,
 def label_vs_null_denoising(apply_fn: Callable, params, process: SDE,
                             images: np.ndarray, labels: np.ndarray, *,
                             sigma_noise: float, num_classes: int, key: Array,
-                            batch_size: int) -> Dict[str, Any]:
+                            batch_size: int,
+                            param: Optional[denoiser.Parameterization] = None
+                            ) -> Dict[str, Any]:
   """PSNR of the Tweedie estimate with the true label and with the null one.
 
   Args:
-    apply_fn: (params, x, t, y) -> eps.
+    apply_fn: (params, x, t, y) -> the network's raw output F.
     params: network parameters.
     process: a Gaussian SDE.
     images: [N, H, W, C] uint8 clean images.
@@ -79,6 +87,7 @@ def label_vs_null_denoising(apply_fn: Callable, params, process: SDE,
     num_classes: K (label K is the null label).
     key: noise key; image i gets fold_in(key, i).
     batch_size: images per jitted call.
+    param: what F means (`Trained.parameterization`; None: eps).
 
   Returns:
     Per-image arrays "clean", "noisy", "label", "null" (float [N, ...]),
@@ -86,7 +95,7 @@ def label_vs_null_denoising(apply_fn: Callable, params, process: SDE,
   """
   t = noise_level_time(process, sigma_noise)
   fn = jax.jit(lambda p, x, y: tweedie_with_and_without_label(
-      apply_fn, p, process, x, y, t, num_classes))
+      apply_fn, p, process, x, y, t, num_classes, param=param))
   out = {k: [] for k in ("clean", "noisy", "label", "null")}
   for start, n, x in image_batches(images, batch_size):
     clean = jnp.asarray(x)

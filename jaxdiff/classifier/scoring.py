@@ -3,24 +3,27 @@
 `make_pairs` draws the fixed pairs shared by every class and image,
 `classify_batch` scores a batch of images under every candidate label (with
 optional pruning) and `make_classify_fn` jits it with the network bound.
+The network is seen through its parameterization (`jaxdiff.denoiser`): the
+error is always the eps-MSE of the prediction's noise estimate.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from jaxdiff import denoiser
 from jaxdiff import sde as sde_lib
 from jaxdiff.registry import Registry
 from jaxdiff.sde import SDE
 from jaxdiff.settings import ClassifySettings
 
 Array = jax.Array
-# (x [B, H, W, C], t [B], y [B] int) -> eps [B, H, W, C].
-LabelledEpsFn = Callable[[Array, Array, Array], Array]
+# (x [B, H, W, C], t [B], y [B] int) -> Prediction(eps, x0), each [B, ...].
+LabelledDenoiseFn = Callable[[Array, Array, Array], denoiser.Prediction]
 
 WEIGHTINGS = Registry("time weighting")
 
@@ -77,7 +80,8 @@ def pair_times(process: SDE, key: Array, num: int, *, t_min: float = 0.0,
     key: PRNG key (gives the sequence's random offset).
     num: n.
     t_min, t_max: the interval, clipped to the process's training times
-      ((process.t_min, 1], or the steps i/T, i = 1..T, of a chain).
+      ((process.t_min, process.t_max], or the steps i/T, i = 1..T, of a
+      chain).
 
   Returns:
     t [n] float32.
@@ -91,6 +95,7 @@ def pair_times(process: SDE, key: Array, num: int, *, t_min: float = 0.0,
     i = lo + jnp.minimum(jnp.floor(u * (hi - lo + 1)), hi - lo)
     return (i / steps).astype(jnp.float32)
   lo = max(t_min, process.t_min)
+  t_max = min(t_max, getattr(process, "t_max", 1.0))  # flow: t_max < 1
   return (lo + (t_max - lo) * (1.0 - u)).astype(jnp.float32)  # (lo, t_max]
 
 
@@ -141,12 +146,33 @@ def settings_pairs(process: SDE, s: ClassifySettings,
 # --------------------------------------------------------------- classifier
 
 
-def denoising_errors(eps_fn: LabelledEpsFn, process: SDE, x0: Array,
+def labelled_denoiser(apply_fn: Callable, params, process: SDE,
+                      param: Optional[denoiser.Parameterization] = None
+                      ) -> LabelledDenoiseFn:
+  """(x, t, y) -> Prediction: the network with its parameters bound.
+
+  Args:
+    apply_fn: (params, x, t, y) -> the network's raw output F.
+    params: network parameters.
+    process: the forward process.
+    param: the network's parameterization (None: eps prediction).
+  """
+  param = denoiser.eps_prediction() if param is None else param
+
+  def denoise_fn(x, t, y):
+    f = denoiser.network_output(apply_fn, params, param, process, x, t, y)
+    return param.predict(process, x, t, f)
+
+  return denoise_fn
+
+
+def denoising_errors(denoise_fn: LabelledDenoiseFn, process: SDE, x0: Array,
                      candidates: Array, pairs: Pairs) -> Array:
   """The eps-MSE of every image under every candidate label at every pair.
 
   Args:
-    eps_fn: (x [B, ...], t [B], y [B]) -> eps [B, ...].
+    denoise_fn: (x [B, ...], t [B], y [B]) -> Prediction; the error is that
+      of its noise estimate `.eps`.
     process: a Gaussian SDE (alpha, sigma).
     x0: [B, H, W, C] images in [-1, 1].
     candidates: [B, K'] int labels to score for each image.
@@ -163,7 +189,7 @@ def denoising_errors(eps_fn: LabelledEpsFn, process: SDE, x0: Array,
     t_b = jnp.full((b,), t, jnp.float32)                  # [B]
 
     def one_class(y):                                     # y [B]
-      eps = eps_fn(x_t, t_b, y)                           # [B, H, W, C]
+      eps = denoise_fn(x_t, t_b, y).eps                   # [B, H, W, C]
       return jnp.mean(jnp.square(eps - noise[None]), axis=(1, 2, 3))  # [B]
 
     return jax.vmap(one_class, in_axes=1, out_axes=1)(candidates)  # [B, K']
@@ -180,14 +206,15 @@ class Classification(NamedTuple):
   final_errors: Array  # [B, k] their weighted mean error over n1 + n2 pairs
 
 
-def classify_batch(eps_fn: LabelledEpsFn, process: SDE, x0: Array,
+def classify_batch(denoise_fn: LabelledDenoiseFn, process: SDE, x0: Array,
                    pairs: Pairs, num_classes: int, *, num_pairs: int,
                    prune_top_k: int = 0, num_pairs_pruned: int = 0
                    ) -> Classification:
   """Classifies x0 [B, ...] by the smallest weighted denoising error.
 
   Args:
-    eps_fn: (x, t, y) -> eps with the parameters bound.
+    denoise_fn: (x, t, y) -> Prediction with the parameters bound
+      (`labelled_denoiser`).
     process: a Gaussian SDE.
     x0: [B, H, W, C] images in [-1, 1].
     pairs: at least num_pairs + num_pairs_pruned (t, noise) pairs.
@@ -205,7 +232,8 @@ def classify_batch(eps_fn: LabelledEpsFn, process: SDE, x0: Array,
     raise ValueError(f"{pairs.t.shape[0]} pairs given; {n1 + n2} needed.")
   first = pairs.slice(0, n1)
   all_classes = jnp.broadcast_to(jnp.arange(num_classes), (b, num_classes))
-  e1 = denoising_errors(eps_fn, process, x0, all_classes, first)  # [B, K, n1]
+  e1 = denoising_errors(denoise_fn, process, x0, all_classes,
+                        first)                                    # [B, K, n1]
   s1 = e1 @ first.weight                                          # [B, K]
   w1 = jnp.sum(first.weight)
   errors = s1 / w1                                                # [B, K]
@@ -216,7 +244,8 @@ def classify_batch(eps_fn: LabelledEpsFn, process: SDE, x0: Array,
   total, weight = jnp.take_along_axis(s1, cand, axis=-1), w1      # [B, k]
   if n2:
     second = pairs.slice(n1, n1 + n2)
-    e2 = denoising_errors(eps_fn, process, x0, cand, second)     # [B, k, n2]
+    e2 = denoising_errors(denoise_fn, process, x0, cand,
+                          second)                                # [B, k, n2]
     total = total + e2 @ second.weight
     weight = weight + jnp.sum(second.weight)
   final = total / weight                                          # [B, k]
@@ -233,14 +262,17 @@ def network_evaluations(num_classes: int, s: ClassifySettings) -> int:
 
 def make_classify_fn(apply_fn: Callable, process: SDE, num_classes: int, *,
                      num_pairs: int, prune_top_k: int = 0,
-                     num_pairs_pruned: int = 0) -> Callable:
+                     num_pairs_pruned: int = 0,
+                     param: Optional[denoiser.Parameterization] = None
+                     ) -> Callable:
   """jitted (params, x0 [B, ...], pairs) -> Classification.
 
   Args:
-    apply_fn: (params, x, t, y) -> eps, e.g. `Trained.apply_fn`.
+    apply_fn: (params, x, t, y) -> F, e.g. `Trained.apply_fn`.
     process: a Gaussian SDE.
     num_classes: K.
     num_pairs, prune_top_k, num_pairs_pruned: see `classify_batch`.
+    param: what F means (`Trained.parameterization`; None: eps).
 
   Raises:
     ValueError: a process that is not a Gaussian SDE.
@@ -249,8 +281,8 @@ def make_classify_fn(apply_fn: Callable, process: SDE, num_classes: int, *,
 
   @jax.jit
   def classify_fn(params, x0, pairs):
-    eps_fn = lambda x, t, y: apply_fn(params, x, t, y)
-    return classify_batch(eps_fn, process, x0, pairs, num_classes,
+    denoise_fn = labelled_denoiser(apply_fn, params, process, param)
+    return classify_batch(denoise_fn, process, x0, pairs, num_classes,
                           num_pairs=num_pairs, prune_top_k=prune_top_k,
                           num_pairs_pruned=num_pairs_pruned)
 

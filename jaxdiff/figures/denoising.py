@@ -46,13 +46,13 @@ def denoising_columns(trained: trained_lib.Trained,
   process = trained.process
   t = protocol.matched_time(process, problem.sigma)
   one_step = jax.jit(lambda p, y: jnp.clip(protocol.tweedie(
-      process, trained.eps_fn(params=p), y, t), -1.0, 1.0))
+      process, trained.denoise_fn(params=p), y, t), -1.0, 1.0))
   y = jnp.asarray(y)
   columns = {"noisy": y, ONE_STEP: one_step(trained.params, y)}
   for name, key in zip(methods, keys, strict=True):
     method = inverse.make_method(name, process, problem, settings)
     run = jax.jit(lambda p, y, key, method=method: method(
-        trained.eps_fn(params=p), y, key))
+        trained.denoise_fn(params=p), y, key))
     columns[ONE_STEP if name == "tweedie" else name] = run(
         trained.params, y, key)
   return {k: np.asarray(v) for k, v in columns.items()}, t

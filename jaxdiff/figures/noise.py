@@ -29,7 +29,8 @@ def hist_times(process, fractions: Sequence[float]) -> np.ndarray:
 
 def noise_pairs(trained: trained_lib.Trained, x0: Array,
                 labels: Optional[Array], ts, key: Array) -> List[Pair]:
-  """(predicted, true) noise of a batch at each time of ts.
+  """(predicted, true) noise of a batch at each time of ts; the prediction
+  is the denoiser's noise estimate, whatever the network's parameterization.
 
   Args:
     trained: the trained network and its forward process.
@@ -41,13 +42,13 @@ def noise_pairs(trained: trained_lib.Trained, x0: Array,
   Returns:
     K pairs of [B, H, W, C] arrays.
   """
-  process, apply_fn = trained.process, trained.apply_fn
+  process = trained.process
 
   @jax.jit
   def one(params, t, key):
     tb = jnp.full((x0.shape[0],), t, jnp.float32)  # [B]
     x_t, eps = process.perturb(key, x0, tb)
-    return apply_fn(params, x_t, tb, labels), eps
+    return trained.denoise_fn(labels, params=params)(x_t, tb).eps, eps
 
   return [tuple(np.asarray(a) for a in one(trained.params, t,
                                            jax.random.fold_in(key, k)))

@@ -3,12 +3,13 @@ trained network, with the time of every saved frame."""
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Any, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import config as config_lib
 from jaxdiff import inverse
 from jaxdiff import samplers
 from jaxdiff import trained as trained_lib
@@ -54,6 +55,16 @@ def frames_plan(ts: np.ndarray, frames: int) -> int:
                           final)
 
 
+def grid_kind(process, sampler: str, grid: str, steps: int,
+              options: Mapping[str, Any] = ()) -> str:
+  """The grid `samplers.sample` runs: `grid`, or for 'default' the
+  sampler's own (`Stepper.grid`; built without a network, never called)."""
+  if grid not in (None, "", "default"):
+    return grid
+  return samplers.make_sampler(sampler, process, None, steps=steps,
+                               **dict(options)).grid
+
+
 def reverse_trajectory(trained: trained_lib.Trained, key: Array, *, num: int,
                        frames: int) -> Tuple[np.ndarray, np.ndarray]:
   """A sampler trajectory of the trained network (its sampling settings:
@@ -70,7 +81,9 @@ def reverse_trajectory(trained: trained_lib.Trained, key: Array, *, num: int,
     0 for the final denoised frame).
   """
   sc = trained.settings.sampling
-  ts = samplers.time_grid(trained.process, sc.steps, kind=sc.grid)
+  kind = grid_kind(trained.process, sc.method, sc.grid, sc.steps,
+                   config_lib.sampler_options(sc))
+  ts = samplers.time_grid(trained.process, sc.steps, kind=kind)
   every = frames_plan(ts, frames)
   labels = jnp.arange(num, dtype=jnp.int32) % trained.num_classes
   sample_fn = trained_lib.make_sample_fn(
@@ -99,21 +112,24 @@ def dps_trajectory(trained: trained_lib.Trained,
     (trajectory [F, B, H, W, C], ts [F]).
   """
   process = trained.process
-  ts = samplers.time_grid(process, settings.steps, kind=settings.grid)
+  kind = grid_kind(process, settings.sampler, settings.grid, settings.steps,
+                   settings.sampler_options)
+  # steps reaches the samplers that take it (EDM's churn).
+  options = dict(settings.sampler_options, steps=settings.steps)
+  ts = samplers.time_grid(process, settings.steps, kind=kind)
   every = frames_plan(ts, frames)
-  options = dict(settings.sampler_options)
 
   @jax.jit
   def run(params, y, key):
-    eps_fn = trained.eps_fn(params=params)
+    denoise_fn = trained.denoise_fn(params=params)
     init_key, key = jax.random.split(key)
     x_init = process.prior_sample(init_key, y.shape)
     stepper = inverse.dps_stepper(
-        settings.sampler, process, eps_fn, problem, y, zeta=settings.zeta,
+        settings.sampler, process, denoise_fn, problem, y, zeta=settings.zeta,
         weighting=settings.dps_weighting, prior_var=settings.prior_var,
         **options)
     return samplers.integrate(stepper, x_init, ts, key, sde=process,
-                              eps_fn=eps_fn, trajectory_every=every)
+                              denoise_fn=denoise_fn, trajectory_every=every)
 
   _, traj = run(trained.params, y, key)
   return np.asarray(traj), saved_times(ts, every)

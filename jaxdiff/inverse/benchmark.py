@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from jaxdiff import denoiser
 from jaxdiff import samplers
 from jaxdiff.inverse import protocol
 from jaxdiff.inverse.likelihood import NOISE_MODELS, InverseProblem
@@ -43,7 +44,8 @@ def check_settings(ds: DenoiseSettings) -> DenoiseSettings:
   OPERATORS.get(ds.operator)
   NOISE_MODELS.get(ds.noise_model)
   _check_name("sampler", ds.sampler, samplers.SAMPLERS)
-  _check_name("grid", ds.grid, samplers.GRIDS)
+  if ds.grid != "default":  # "default": the sampler's own grid
+    _check_name("grid", ds.grid, samplers.GRIDS)
   return ds.validate()
 
 
@@ -169,15 +171,17 @@ def summary(per_image: Dict[str, np.ndarray]) -> Dict[str, Any]:
           "ssim": [float(v) for v in per_image["ssim"]]}
 
 
-def reconstruct(method: Method, eps_fn_of: Callable[[Any], samplers.EpsFn],
-                params, y: np.ndarray, key: Array, batch_size: int, *,
+def reconstruct(method: Method,
+                denoise_fn_of: Callable[[Any], denoiser.DenoiseFn], params,
+                y: np.ndarray, key: Array, batch_size: int, *,
                 mesh: Optional[jax.sharding.Mesh] = None,
                 progress: Progress = None) -> Tuple[np.ndarray, float, float]:
   """Runs a method over measurements y [M, ...] in batches.
 
   Args:
     method: from `make_method`.
-    eps_fn_of: params -> eps_fn (the network with its parameters bound).
+    denoise_fn_of: params -> denoise_fn (the network with its parameters
+      bound, e.g. `lambda p: trained.denoise_fn(params=p)`).
     params: the network's parameters (replicated over `mesh`, if any).
     y: measurements [M, ...].
     key: batch i uses fold_in(key, i).
@@ -189,7 +193,7 @@ def reconstruct(method: Method, eps_fn_of: Callable[[Any], samplers.EpsFn],
     (reconstructions [M, H, W, C], wall time [s], compile time [s]).
   """
   def run_batch(p, y_b, k):
-    return method(eps_fn_of(p), y_b, k)
+    return method(denoise_fn_of(p), y_b, k)
 
   jit_kwargs = {}
   if mesh is not None:

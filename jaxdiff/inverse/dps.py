@@ -1,8 +1,9 @@
 """Diffusion Posterior Sampling (Chung et al., 2023) on any registered sampler.
 
-`dps_stepper` wraps a sampler's step: it computes the network's eps at x_t
-once, inside the gradient of x0_hat(x_t) = (x_t - sigma eps) / alpha, hands
-that eps to the base sampler's step and adds the likelihood guidance.
+`dps_stepper` wraps a sampler's step: it calls the denoiser at x_t once,
+inside the gradient of x0_hat(x_t) = denoise_fn(x_t, t).x0 (whatever the
+network's parameterization, `jaxdiff.denoiser`), hands that prediction to
+the base sampler's step and adds the likelihood guidance.
 
 Step size: `r = sqrt(-2 sigma^2 log p(y | x0_hat))`, which for the Gaussian
 model is the residual norm `||y - A x0_hat||`; the update is
@@ -21,6 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxdiff import denoiser
 from jaxdiff import samplers
 from jaxdiff import sde as sde_lib
 from jaxdiff.inverse.likelihood import InverseProblem
@@ -30,30 +32,32 @@ Array = jax.Array
 DPS_WEIGHTINGS = ("normalised", "likelihood")
 
 
-def dps_stepper(sampler: str, sde: sde_lib.Process, eps_fn: samplers.EpsFn,
-                problem: InverseProblem, y: Array, *, zeta: float,
+def dps_stepper(sampler: str, sde: sde_lib.Process,
+                denoise_fn: denoiser.DenoiseFn, problem: InverseProblem,
+                y: Array, *, zeta: float,
                 weighting: str = "normalised", prior_var: float = 1.0,
                 **options) -> samplers.Stepper:
   """Turns a registered sampler into a DPS sampler for the measurement y.
 
-  Each step computes x0_hat(x_t) = (x_t - sigma eps(x_t, t)) / alpha with
-  `jax.vjp`, then, by `weighting`:
+  Each step computes x0_hat(x_t) = denoise_fn(x_t, t).x0 with `jax.vjp`
+  (keeping the whole `Prediction`), then, by `weighting`:
 
-  * 'normalised' (the DPS paper's): the base step with that eps, minus
+  * 'normalised' (the DPS paper's): the base step with that prediction, minus
     `zeta * grad_{x_t} r(y, x0_hat(x_t))`, r the problem's `residual`.
   * 'likelihood': adds `zeta * g` to the score, g = grad_{x_t} log p(y |
     x_t) with p(y | x_t) ~ p(y | x0_hat) at the noise level sqrt(sigma_y^2 +
     r_t^2), where r_t^2 = v sigma_t^2 / (alpha_t^2 v + sigma_t^2) is the
     variance of x0 given x_t for data of variance v = `prior_var` (as in
     Pseudoinverse-Guided Diffusion, Song et al. 2023): the base step sees
-    eps - zeta sigma_t g. For Gaussian data of variance v, the identity
-    operator and unclipped y this is the exact conditional score, so with
-    zeta = 1 the base sampler draws from p(x | y).
+    the prediction whose noise estimate is eps - zeta sigma_t g (x0 by
+    Tweedie's formula, `denoiser.from_eps`). For Gaussian data of variance
+    v, the identity operator and unclipped y this is the exact conditional
+    score, so with zeta = 1 the base sampler draws from p(x | y).
 
   Args:
     sampler: a name in `jaxdiff.samplers.SAMPLERS`.
     sde: the forward process (Gaussian).
-    eps_fn: (x [B, H, W, C], t [B]) -> eps.
+    denoise_fn: (x [B, H, W, C], t [B]) -> `denoiser.Prediction`.
     problem: operator and noise model.
     y: measurements [B, ...].
     zeta: guidance scale (0: the base sampler).
@@ -62,7 +66,8 @@ def dps_stepper(sampler: str, sde: sde_lib.Process, eps_fn: samplers.EpsFn,
     **options: the base sampler's options (eta, snr, ...).
 
   Returns:
-    A `Stepper` whose step computes eps itself (it takes no precomputed one).
+    A `Stepper` whose step calls the denoiser itself (it takes no
+    precomputed prediction).
   """
   sde_lib.check_gaussian(sde, "DPS")
   if zeta < 0:
@@ -72,20 +77,20 @@ def dps_stepper(sampler: str, sde: sde_lib.Process, eps_fn: samplers.EpsFn,
                      f"{', '.join(DPS_WEIGHTINGS)}.")
   if not prior_var > 0:
     raise ValueError(f"prior_var must be > 0, got {prior_var}.")
-  base = samplers.make_sampler(sampler, sde, eps_fn, **options)
+  base = samplers.make_sampler(sampler, sde, denoise_fn, **options)
 
-  def step(state, t, s, noise, eps=None):
-    if eps is not None:
+  def step(state, t, s, noise, pred=None):
+    if pred is not None:
       raise ValueError("The DPS step differentiates through its own network "
-                       "call; it takes no precomputed eps.")
+                       "call; it takes no precomputed prediction.")
     x = state["x"]  # [B, H, W, C]
     t_vec = jnp.full((x.shape[0],), t, jnp.float32)
 
-    def denoise(x_):
-      eps = eps_fn(x_, t_vec)
-      return sde.eps_to_x0(x_, eps, t_vec), eps
+    def x0_hat(x_):
+      p = denoise_fn(x_, t_vec)
+      return p.x0, p
 
-    x0, pullback, eps = jax.vjp(denoise, x, has_aux=True)
+    x0, pullback, pred = jax.vjp(x0_hat, x, has_aux=True)
     if weighting == "likelihood":
       a, sg = sde.alpha(t), sde.sigma(t)
       r2 = prior_var * sg**2 / (a**2 * prior_var + sg**2)
@@ -93,10 +98,11 @@ def dps_stepper(sampler: str, sde: sde_lib.Process, eps_fn: samplers.EpsFn,
       d_ll = jax.grad(lambda z: jnp.sum(problem.log_likelihood(y, z, level)))(
           x0)
       (g,) = pullback(d_ll)  # grad_{x_t} log p(y | x_t)
-      return base.step(state, t, s, noise, eps - zeta * sg * g)
+      guided = denoiser.from_eps(sde, x, t_vec, pred.eps - zeta * sg * g)
+      return base.step(state, t, s, noise, guided)
     d_res = jax.grad(lambda z: jnp.sum(problem.residual(y, z)))(x0)
     (grad,) = pullback(d_res)  # [B, H, W, C]: grad_{x_t} r (r per image)
-    new = base.step(state, t, s, noise, eps)
+    new = base.step(state, t, s, noise, pred)
     return dict(new, x=new["x"] - zeta * grad)
 
-  return samplers.Stepper(base.init, step, base.nfe_per_step, base.draw)
+  return base._replace(step=step)

@@ -1,9 +1,11 @@
 """Reconstruction methods for y = clip(A x + sigma n, -1, 1), by name.
 
 `make_method(name, process, problem, settings)` returns a jittable
-`(eps_fn, y, key) -> x [B, H, W, C]`; all of them are batched and sample
-through the one integrator `jaxdiff.samplers.integrate`. They assume
-Gaussian noise and refuse other processes (the DDGM gamma chain).
+`(denoise_fn, y, key) -> x [B, H, W, C]`, where `denoise_fn(x, t) ->
+Prediction(eps, x0)` is the network (`jaxdiff.denoiser`, any
+parameterization); all of them are batched and sample through the one
+integrator `jaxdiff.samplers.integrate`. They assume Gaussian noise and
+refuse other processes (the DDGM gamma chain).
 
 * `tweedie`: one network call. With sigma(t*)/alpha(t*) = sigma_y,
   `alpha(t*) y` is distributed exactly as x_{t*} given x when y is unclipped,
@@ -29,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import denoiser
 from jaxdiff import samplers
 from jaxdiff import sde as sde_lib
 from jaxdiff.inverse import protocol
@@ -38,13 +41,13 @@ from jaxdiff.registry import Registry
 from jaxdiff.settings import DenoiseSettings
 
 Array = jax.Array
-EpsFn = samplers.EpsFn
-# (eps_fn, y [B, ...], key) -> reconstruction x [B, H, W, C].
-Method = Callable[[EpsFn, Array, Array], Array]
+# (denoise_fn, y [B, ...], key) -> reconstruction x [B, H, W, C].
+Method = Callable[[denoiser.DenoiseFn, Array, Array], Array]
 
 METHODS = Registry("inverse method")
 # Samplers with a `clip_denoised` option (x0_hat clipped to [-1, 1]).
-CLIPPING_SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp")
+CLIPPING_SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp", "dpm_solver_pp_3m",
+                     "euler_ancestral")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +57,8 @@ class MethodSettings:
   Attributes:
     sampler: base sampler name (ddpm, ddim, euler_maruyama, ...).
     steps: number of grid points (network evaluation times) of a sampler.
-    grid: time grid kind (uniform, quadratic, karras, logsnr).
+    grid: time grid kind (uniform, quadratic, karras, logsnr), or
+      'default': the base sampler's own (`Stepper.grid`).
     zeta: DPS guidance scale.
     dps_weighting: 'normalised' (the DPS paper's step) or 'likelihood'
       (`dps_stepper`).
@@ -94,7 +98,7 @@ class MethodSettings:
 
 def make_method(name: str, sde: sde_lib.Process, problem: InverseProblem,
                 settings: MethodSettings = MethodSettings()) -> Method:
-  """A reconstruction method `(eps_fn, y, key) -> x [B, H, W, C]`.
+  """A reconstruction method `(denoise_fn, y, key) -> x [B, H, W, C]`.
 
   Args:
     name: one of `METHODS` (tweedie, dps, dps_matched, matched,
@@ -104,7 +108,7 @@ def make_method(name: str, sde: sde_lib.Process, problem: InverseProblem,
     settings: sampler, steps, zeta, K, ...
 
   Returns:
-    A jittable function of (eps_fn, y, key).
+    A jittable function of (denoise_fn, y, key).
 
   Raises:
     ValueError: an unknown name, or a process that is not Gaussian (every
@@ -115,7 +119,8 @@ def make_method(name: str, sde: sde_lib.Process, problem: InverseProblem,
   method = factory(sde, problem, settings)
   if not settings.clip_output:
     return method
-  return lambda eps_fn, y, key: jnp.clip(method(eps_fn, y, key), -1.0, 1.0)
+  return lambda denoise_fn, y, key: jnp.clip(method(denoise_fn, y, key),
+                                             -1.0, 1.0)
 
 
 @METHODS.register("tweedie")
@@ -131,19 +136,19 @@ def _tweedie(sde, problem, settings) -> Method:
   if k < 1:
     raise ValueError(f"impute_samples must be >= 1, got {k}.")
 
-  def one(eps_fn, y, key):
+  def one(denoise_fn, y, key):
     y = problem.operator.backproject(problem.impute(key, y))
-    return protocol.tweedie(sde, eps_fn, y, t_star)
+    return protocol.tweedie(sde, denoise_fn, y, t_star)
 
-  def method(eps_fn, y, key):
+  def method(denoise_fn, y, key):
     if k == 1:
-      return one(eps_fn, y, key)
+      return one(denoise_fn, y, key)
     # Each estimate clipped to the data range before the mean, as in
     # posterior_mean.
     clip = (lambda a: jnp.clip(a, -1.0, 1.0)) if settings.clip_output else (
         lambda a: a)
     keys = jax.random.split(key, k)
-    return jnp.mean(jax.vmap(lambda kk: clip(one(eps_fn, y, kk)))(keys),
+    return jnp.mean(jax.vmap(lambda kk: clip(one(denoise_fn, y, kk)))(keys),
                     axis=0)
 
   return method
@@ -151,12 +156,16 @@ def _tweedie(sde, problem, settings) -> Method:
 
 def _dps_from(sde, problem, settings, *, matched: bool, zeta: float) -> Method:
   """DPS (or plain sampling when zeta = 0) from noise or from t*."""
-  options = dict(settings.sampler_options)
-  t_max = protocol.matched_time(sde, problem.sigma) if matched else 1.0
-  ts = samplers.time_grid(sde, settings.steps, kind=settings.grid,
-                          t_max=t_max)
+  # steps reaches the samplers that take it (EDM's churn).
+  options = dict(settings.sampler_options, steps=settings.steps)
+  # From noise: the process's own first time (1, or flow's t_max < 1).
+  t_max = protocol.matched_time(sde, problem.sigma) if matched else None
+  grid = settings.grid
+  if grid == "default":  # the sampler's own (the network is not called)
+    grid = samplers.make_sampler(settings.sampler, sde, None, **options).grid
+  ts = samplers.time_grid(sde, settings.steps, kind=grid, t_max=t_max)
 
-  def method(eps_fn, y, key, noise_sign=None):
+  def method(denoise_fn, y, key, noise_sign=None):
     # noise_sign (+1 / -1, see `samplers.integrate`) multiplies the prior
     # draw and every step's noise draw; the imputation of clipped
     # entries (a one-sided draw) is shared by an antithetic pair.
@@ -170,14 +179,14 @@ def _dps_from(sde, problem, settings, *, matched: bool, zeta: float) -> Method:
       if noise_sign is not None:
         x_init = x_init * noise_sign
     if zeta == 0.0:  # no guidance: the base sampler, without DPS's vjp
-      stepper = samplers.make_sampler(settings.sampler, sde, eps_fn,
+      stepper = samplers.make_sampler(settings.sampler, sde, denoise_fn,
                                       **options)
     else:
-      stepper = dps_stepper(settings.sampler, sde, eps_fn, problem, y,
+      stepper = dps_stepper(settings.sampler, sde, denoise_fn, problem, y,
                             zeta=zeta, weighting=settings.dps_weighting,
                             prior_var=settings.prior_var, **options)
     return samplers.integrate(stepper, x_init, ts, key, sde=sde,
-                              eps_fn=eps_fn, noise_sign=noise_sign)
+                              denoise_fn=denoise_fn, noise_sign=noise_sign)
 
   return method
 
@@ -224,13 +233,13 @@ def _posterior_mean(sde, problem, settings) -> Method:
   key_index = np.concatenate([np.arange(k_all - half), np.arange(half)])
   signs = np.concatenate([np.ones(k_all - half), -np.ones(half)])
 
-  def method(eps_fn, y, key):
+  def method(denoise_fn, y, key):
     keys = jax.random.split(key, k_all)[key_index]
     # Groups of `group` draws, vmapped, one group after another; draw k
     # uses keys[k] (antithetic: keys[k mod (K - K // 2)] and signs[k])
     # whatever the grouping.
     draws = jax.lax.map(
-        lambda ks: one(eps_fn, y, ks[0],
+        lambda ks: one(denoise_fn, y, ks[0],
                        noise_sign=ks[1] if settings.antithetic else None),
         (keys, jnp.asarray(signs, jnp.float32)),
         batch_size=group)  # [K, B, H, W, C]

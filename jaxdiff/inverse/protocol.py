@@ -10,8 +10,9 @@ the one-step Tweedie estimate every mode (denoise, viz, classify) uses.
   dm-pix) per image (`image_metrics`).
 * The matched time t* with sigma(t*) / alpha(t*) = sigma_y (`matched_time`):
   `alpha(t*) y` is then distributed as x_{t*} given x (y unclipped), and the
-  Tweedie estimate `x0_hat = (alpha(t*) y - sigma(t*) eps(alpha(t*) y, t*)) /
-  alpha(t*)` is E[x | y] for the network's prior (`tweedie`).
+  Tweedie estimate `x0_hat(alpha(t*) y, t*)` (the denoiser's x0, for an eps
+  network `(alpha(t*) y - sigma(t*) eps(alpha(t*) y, t*)) / alpha(t*)`) is
+  E[x | y] for the network's prior (`tweedie`).
 
 With noise_seed 0 the OrganAMNIST protocol's noisy input (the first 300 test
 images, sigma 0.3) scores 17.18 dB / SSIM 0.540 (closed-form expectation
@@ -19,11 +20,12 @@ images, sigma 0.3) scores 17.18 dB / SSIM 0.540 (closed-form expectation
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
 
+from jaxdiff import denoiser
 from jaxdiff import metrics as metrics_lib
 from jaxdiff import sde as sde_lib
 
@@ -99,17 +101,17 @@ def matched_time(process, sigma: float, *, snap: str = "nearest") -> float:
   return t
 
 
-def tweedie(process, eps_fn: Callable[[Array, Array], Array], y: Array,
-            t) -> Array:
+def tweedie(process, denoise_fn: denoiser.DenoiseFn, y: Array, t) -> Array:
   """The one-step Tweedie estimate of x from y = x + sigma n at time t.
 
-  y is read as x_t / alpha(t): x_t = alpha(t) y and x0_hat = (x_t - sigma(t)
-  eps(x_t, t)) / alpha(t). With t the matched time of sigma (`matched_time`)
-  and y unclipped this is E[x | y] under the network's prior. Not clipped.
+  y is read as x_t / alpha(t): x_t = alpha(t) y and x0_hat = denoise_fn(x_t,
+  t).x0 (for an eps network (x_t - sigma(t) eps(x_t, t)) / alpha(t)). With t
+  the matched time of sigma (`matched_time`) and y unclipped this is
+  E[x | y] under the network's prior. Not clipped.
 
   Args:
     process: a Gaussian forward process.
-    eps_fn: (x [B, ...], t [B]) -> eps [B, ...], the network.
+    denoise_fn: (x [B, ...], t [B]) -> `denoiser.Prediction`, the network.
     y: [B, H, W, C] noisy images.
     t: the time, a scalar (float or traced).
 
@@ -119,4 +121,4 @@ def tweedie(process, eps_fn: Callable[[Array, Array], Array], y: Array,
   sde_lib.check_gaussian(process, "The Tweedie estimate from y = x + sigma n")
   t_b = jnp.full((y.shape[0],), t, jnp.float32)  # [B]
   x_t = sde_lib.bcast(process.alpha(t_b), y) * y
-  return process.eps_to_x0(x_t, eps_fn(x_t, t_b), t_b)
+  return denoise_fn(x_t, t_b).x0

@@ -60,7 +60,7 @@ def _denoise(trained, ds: data_lib.Dataset, cs, out_dir: str
       trained.apply_fn, trained.params, trained.process, ds.images, ds.labels,
       sigma_noise=cs.denoise_sigma, num_classes=trained.num_classes,
       key=jax.random.fold_in(jax.random.key(cs.seed), 1),
-      batch_size=cs.batch_size)
+      batch_size=cs.batch_size, param=trained.parameterization)
   noisy = f"noisy (sigma={cs.denoise_sigma:g})"
   viz.comparison_figure(
       os.path.join(out_dir, "denoise.png"),
@@ -106,7 +106,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
   pairs = classifier.settings_pairs(trained.process, cs, trained.image_shape)
   classify_fn = classifier.make_classify_fn(
       trained.apply_fn, trained.process, k, num_pairs=cs.num_pairs,
-      prune_top_k=cs.prune_top_k, num_pairs_pruned=cs.num_pairs_pruned)
+      prune_top_k=cs.prune_top_k, num_pairs_pruned=cs.num_pairs_pruned,
+      param=trained.parameterization)
   res = classifier.run_classifier(
       classify_fn, trained.params, ds.images, pairs.slice(0, cs.total_pairs),
       cs.batch_size, progress=_progress_bar)
@@ -135,7 +136,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   report["timing"] = classifier.timing_curve(
       trained.apply_fn, trained.params, trained.process, ds.images[:m],
       ds.labels[:m], pairs, k, counts=cs.timing_list,
-      batch_size=cs.batch_size)
+      batch_size=cs.batch_size, param=trained.parameterization)
   if cs.denoise_sigma > 0:
     report["denoise"] = _denoise(trained, ds, cs, out_dir)
 

@@ -153,7 +153,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
     bar = _progress_bar(m, name)
     # Batch i uses the key fold_in(key(config.seed), i).
     recon, wall, compile_s = benchmark.reconstruct(
-        method, lambda p: trained.eps_fn(params=p), params, y[:m],
+        method, lambda p: trained.denoise_fn(params=p), params, y[:m],
         jax.random.key(s.seed), benchmark.round_up(min(bs, m), n_split),
         mesh=mesh, progress=bar.update if bar is not None else None)
     if bar is not None:

@@ -90,7 +90,8 @@ def lr_schedule(tc: TrainingSettings) -> optax.Schedule:
 
 
 def make_apply_fn(model: nn.Module) -> Callable:
-  """(params, x, t, y, train, rngs) -> eps_hat."""
+  """(params, x, t, y, train, rngs) -> the network's raw output F (what it
+  means: `jaxdiff.denoiser`)."""
   def apply_fn(params, x, t, y=None, *, train=False, rngs=None):
     return model.apply({"params": params}, x, t, y, train=train, rngs=rngs)
   return apply_fn

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxdiff import config as config_lib
 from jaxdiff import losses
 from jaxdiff.settings import Settings
 from jaxdiff.train.state import TrainState, run_keys
@@ -94,7 +95,7 @@ def train_step(state: TrainState, x0: Array, labels: Optional[Array],
     x0: [B, H, W, C] images in [-1, 1].
     labels: [B] or None.
     key: the run's key; the step's key is fold_in(key, step).
-    apply_fn: (params, x, t, y, train, rngs) -> eps_hat.
+    apply_fn: (params, x, t, y, train, rngs) -> the network's output.
     tx: the optimiser.
     process: the forward process.
     ema_decay: decay of the parameter EMA (reached after a warm-up, see
@@ -139,8 +140,10 @@ def make_train_fn(s: Settings, apply_fn, tx, process, mesh, *,
   else is replicated, and the state is donated.
 
   Args:
-    s: the run's settings (training, data.num_classes, data.random_flip,
-      seed).
+    s: the run's settings (training, model.prediction and sigma_data,
+      data.num_classes, data.random_flip, seed). The objective (the
+      parameterization, the loss weighting and its options) is checked here,
+      before compiling.
     apply_fn: from `make_apply_fn`.
     tx: the optimiser.
     process: the forward process.
@@ -154,11 +157,17 @@ def make_train_fn(s: Settings, apply_fn, tx, process, mesh, *,
   tc = s.training
   length = length or tc.steps_per_dispatch
   loss_kwargs = dict(
+      param=config_lib.build_parameterization(s), weighting=tc.weighting,
+      min_snr_gamma=tc.min_snr_gamma, sigmoid_bias=tc.sigmoid_bias,
+      sigma_data=s.model.sigma_data,
       lambda_freq=tc.lambda_freq, freq_weighting=tc.freq_weighting,
       time_sampling=tc.time_sampling, lognormal_mean=tc.lognormal_mean,
       lognormal_std=tc.lognormal_std,
       num_classes=s.data.num_classes if tc.conditional else None,
       p_uncond=tc.p_uncond if tc.conditional else 0.0)
+  losses.check_weighting(  # one-line errors before compiling
+      tc.weighting, min_snr_gamma=tc.min_snr_gamma,
+      sigmoid_bias=tc.sigmoid_bias, sigma_data=s.model.sigma_data)
   step_fn = functools.partial(train_step, apply_fn=apply_fn, tx=tx,
                               process=process, ema_decay=tc.ema_decay,
                               loss_kwargs=loss_kwargs)
