@@ -20,7 +20,8 @@ trained with, its EMA parameters):
 
 Writes --out (JSON; re-running merges into it, a finished (run, sampler,
 NFE) point is kept) and two plots beside it: Frechet distance against
-seconds per image, and x0_hat's MSE against noise level.
+seconds per image, and x0_hat's MSE against noise level. Runs scored into
+separate files (in parallel) are combined with `--merge a.json,b.json`.
 """
 from __future__ import annotations
 
@@ -56,16 +57,16 @@ NFES = "10,20,50,100"
 REFERENCE = "ddpm:1000"
 
 
-def restore(workdir: str) -> trained_lib.Trained:
+def restore(workdir: str, clip: bool = False) -> trained_lib.Trained:
   """The run's model with the config it was trained with; sampling set to
-  each sampler's own grid, no clipping."""
+  each sampler's own grid, x0_hat clipped to [-1, 1] only if `clip`."""
   saved = workdir_lib.read_config(workdir)
   if saved is None:
     raise SystemExit(f"{workdir}/config.json is missing: not a training run.")
   trained = trained_lib.restore(ml_collections.ConfigDict(saved), workdir)
   s = trained.settings
   sampling = dataclasses.replace(s.sampling, grid="default",
-                                 clip_denoised=False)
+                                 clip_denoised=clip)
   return dataclasses.replace(trained,
                              settings=dataclasses.replace(s,
                                                           sampling=sampling))
@@ -130,7 +131,8 @@ def plot(results: Dict[str, Any], path: str) -> None:
   for ax, (name, run) in zip(axes[0], sorted(results["runs"].items())):
     by_method: Dict[str, list] = {}
     for p in run["quality"].values():
-      by_method.setdefault(p["method"], []).append(p)
+      label = p["method"] + ("+clip" if p.get("clip") else "")
+      by_method.setdefault(label, []).append(p)
     for method, pts in sorted(by_method.items()):
       pts.sort(key=lambda p: p["nfe"])
       ax.plot([p["seconds_per_image"] for p in pts], [p["fd"] for p in pts],
@@ -159,12 +161,18 @@ def plot(results: Dict[str, Any], path: str) -> None:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--run", action="append", required=True,
+  p.add_argument("--run", action="append", default=[],
                  help="name=workdir of a training run (repeatable)")
+  p.add_argument("--merge", default="",
+                 help="comma-separated result files: merge their runs into "
+                 "--out and plot, computing nothing")
   p.add_argument("--samplers", default=SAMPLERS)
   p.add_argument("--nfe", default=NFES)
   p.add_argument("--reference", default=REFERENCE,
                  help="sampler:NFE also scored ('' for none)")
+  p.add_argument("--clip", action="store_true",
+                 help="clip x0_hat to [-1, 1] (the samplers that can); the "
+                 "points are named <sampler>+clip@<NFE>")
   p.add_argument("--num", type=int, default=256)
   p.add_argument("--batch", type=int, default=256)
   p.add_argument("--mse_images", type=int, default=256)
@@ -173,6 +181,19 @@ def main(argv=None):
   p.add_argument("--data_dir", default="")
   p.add_argument("--out", default="docs/parameterizations/results.json")
   a = p.parse_args(argv)
+  if a.merge:
+    merged = {"runs": {}}
+    for path in a.merge.split(","):
+      with open(path) as f:
+        part = json.load(f)
+      merged["levels"] = part["levels"]
+      merged["runs"].update(part["runs"])
+    files.write_json(a.out, merged)
+    plot(merged, a.out)
+    print(f"wrote {a.out}")
+    return
+  if not a.run:
+    p.error("give --run name=workdir (or --merge)")
   results = {"runs": {}}
   if os.path.exists(a.out):
     with open(a.out) as f:
@@ -186,7 +207,7 @@ def main(argv=None):
     points.append((m, int(n)))
   for spec in a.run:
     name, workdir = spec.split("=", 1)
-    trained = restore(workdir)
+    trained = restore(workdir, a.clip)
     s = trained.settings
     es = dataclasses.replace(s.eval, seed=a.seed)
     data_dir = a.data_dir or s.data.data_dir or None
@@ -203,12 +224,12 @@ def main(argv=None):
     run["x0_mse"] = x0_mse_curve(trained, test.images, a.mse_images, levels)
     files.write_json(a.out, results)
     for method, nfe in points:
-      key = f"{method}@{nfe}"
+      key = f"{method}{'+clip' if a.clip else ''}@{nfe}"
       if key in run["quality"] and run["quality"][key].get("num") == a.num:
         continue
       q = quality_point(trained, clf, test, floor, method, nfe, a.num,
                         a.batch, a.seed)
-      run["quality"][key] = dict(q, num=a.num)
+      run["quality"][key] = dict(q, num=a.num, clip=a.clip)
       print(f"{name:>8} {method:>17} NFE {q['nfe']:>4}: FD {q['fd']:.3f} "
             f"(floor {q['floor']:.3f}), {q['seconds_per_image'] * 1e3:.1f} "
             f"ms/image, range {q['range'][0]:.2f}..{q['range'][1]:.2f}",
