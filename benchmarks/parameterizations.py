@@ -113,10 +113,8 @@ def x0_mse_curve(trained, test_images: np.ndarray, num: int,
   denoise = jax.jit(trained.denoise)
   out = []
   for i, t in enumerate(t_levels):
-    noise = jax.random.normal(jax.random.key(i), x0.shape)
     tt = jnp.full((x0.shape[0],), t, jnp.float32)
-    x_t = process.alpha(tt)[:, None, None, None] * x0 + (
-        process.sigma(tt)[:, None, None, None] * noise)
+    x_t, _ = process.perturb(jax.random.key(i), x0, tt)
     _, x0_hat = denoise(x_t, tt)
     out.append(float(jnp.mean((x0_hat - x0)**2)))
   return out

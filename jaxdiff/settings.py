@@ -22,18 +22,13 @@ import ml_collections
 
 from jaxdiff.settings_modes import (  # re-exported: one place for defaults
     ClassifySettings, DenoiseSettings, EvalSettings, VizSettings)
+from jaxdiff.settings_modes import _is_int
 
 T = TypeVar("T")
 
 
 def _dict(**kwargs) -> Any:
   return dataclasses.field(default_factory=lambda: dict(kwargs))
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-  """Whether `value` is an int (not a bool) >= minimum."""
-  return (isinstance(value, int) and not isinstance(value, bool)
-          and value >= minimum)
 
 
 @dataclasses.dataclass(frozen=True)
