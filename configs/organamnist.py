@@ -74,35 +74,24 @@ def get_config(variant: str = ""):
     c.denoise.num_posterior = 2
     c.denoise.figure_rows = 4
   elif variant == "quickstart":
-    # Offline: the OrganAMNIST subset shipped inside the package.
+    # `--mode demo` (README command 1): the shipped `:cpu` model on the
+    # OrganAMNIST subset inside the package; offline, about two minutes.
+    _cpu(c)
+    c.init_from = "pretrained:organamnist_cpu"
     c.data.name = "organamnist_small"
-    # Two levels (28, 14): attention in the middle block only.
-    c.model.kwargs = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1,
-                          attn_resolutions=(), num_heads=4, dropout=0.0)
-    c.training.batch_size = 64
-    c.training.num_train_steps = 300
-    c.training.warmup_steps = 50
-    c.training.lr = 1e-3
-    c.training.log_every = 20
-    c.training.sample_every = 150
-    c.training.checkpoint_every = 150
-    c.sampling.steps = 20
-    c.sampling.num_samples = 36
-    c.sampling.batch_size = 36
+    c.denoise.num_images = 8
+    c.denoise.num_posterior = 8
+    c.denoise.steps = 20
+    c.sampling.num_samples = 16
+    c.sampling.batch_size = 16
+    c.training.num_train_steps = 20   # fine-tuning: 10, then resumed to 20
+    c.training.lr = 1e-4
+    c.training.warmup_steps = 0
+    c.training.log_every = 5
+    c.training.sample_every = 0
+    c.training.checkpoint_every = 10
   elif variant == "cpu":
-    # A 1.1M-parameter U-Net sized for a 2-core CPU (trained with
-    # `--config.training.num_train_steps` set to the time budget).
-    c.model.kwargs = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                          attn_resolutions=(7,), num_heads=4, dropout=0.0)
-    c.training.batch_size = 64
-    c.training.lr = 1e-3
-    c.training.warmup_steps = 200
-    c.training.freq_weighting = "snr"
-    c.training.checkpoint_every = 250
-    c.training.sample_every = 1000
-    # K posterior draws one after another: 2.4x faster than all 8 vmapped
-    # on a 2-core CPU (docs/organamnist/README.md).
-    c.denoise.posterior_batch = 1
+    _cpu(c)
   elif variant in _OPERATOR_VARIANTS:
     # The same model and protocol with another measurement operator.
     for key, value in _OPERATOR_VARIANTS[variant].items():
@@ -111,3 +100,19 @@ def get_config(variant: str = ""):
     raise ValueError(f"Unknown variant {variant!r}; use '', 'tiny', "
                      f"'quickstart', 'cpu' or one of {sorted(_OPERATOR_VARIANTS)}.")
   return c
+
+
+def _cpu(c):
+  """A 1.1M-parameter U-Net sized for a 2-core CPU (trained with
+  `--config.training.num_train_steps` set to the time budget)."""
+  c.model.kwargs = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                        attn_resolutions=(7,), num_heads=4, dropout=0.0)
+  c.training.batch_size = 64
+  c.training.lr = 1e-3
+  c.training.warmup_steps = 200
+  c.training.freq_weighting = "snr"
+  c.training.checkpoint_every = 250
+  c.training.sample_every = 1000
+  # K posterior draws one after another: 2.4x faster than all 8 vmapped
+  # on a 2-core CPU (docs/organamnist/README.md).
+  c.denoise.posterior_batch = 1

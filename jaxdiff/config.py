@@ -198,6 +198,29 @@ def to_json(config: ConfigLike) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def _config_value(value: Any) -> Any:
+  if isinstance(value, Mapping):
+    return ml_collections.ConfigDict({k: _config_value(v)
+                                      for k, v in value.items()})
+  if isinstance(value, list):
+    return tuple(_config_value(v) for v in value)
+  return value
+
+
+def from_json(config_json: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A `to_json` dict (a run's config.json) as a ConfigDict of every key:
+  the defaults, overwritten key by key (mappings such as model.kwargs
+  whole)."""
+  c = settings_lib.default_config()
+  for name, value in config_json.items():
+    if name in settings_lib.SECTIONS and isinstance(value, Mapping):
+      for key, v in value.items():
+        c[name][key] = _config_value(v)
+    else:
+      c[name] = _config_value(value)
+  return c
+
+
 def load_config_file(spec: str, root: Optional[str] = None
                      ) -> ml_collections.ConfigDict:
   """'path/to/config.py[:variant]' -> the file's get_config(variant).

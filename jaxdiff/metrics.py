@@ -2,9 +2,11 @@
 
 Pure functions with no dependency on the rest of jaxdiff:
 
-* `psnr` and `ssim`: per-image full-reference metrics in JAX (jittable).
-  Images are NHWC (any number of leading batch axes is accepted) and, by
-  default, live in [-1, 1], so the data range is 2.
+* `psnr` and `ssim`: per-image full-reference metrics in JAX (jittable),
+  `dm_pix.psnr` and `dm_pix.ssim` with the project's conventions: images
+  are NHWC (any number of leading batch axes is accepted) and, by default,
+  live in [-1, 1], so the data range is 2; identical images give a PSNR of
+  `PSNR_MAX_DB`, not +inf.
 * `feature_statistics` and `frechet_distance`: the Frechet distance between
   two Gaussians fitted to feature sets (FID-style), in numpy float64.
 
@@ -13,8 +15,9 @@ The denoising protocol's measurement (`clip(x + sigma n, -1, 1)`) is
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Callable, Tuple
 
+import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,21 +27,29 @@ import numpy as np
 PSNR_MAX_DB = 100.0
 
 
-def _as_float(x: jax.Array) -> jax.Array:
-  """Returns `x` as a JAX array with a floating dtype (float32 for ints)."""
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.float32)
-  return x
+def _per_image(name: str, fn: Callable[[jax.Array, jax.Array], jax.Array],
+               x: jax.Array, y: jax.Array) -> jax.Array:
+  """`fn` (a dm_pix metric of [B, H, W, C] float images) on images with any
+  leading axes [..., H, W, C] (integers read as float32); returns [...]."""
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  if x.shape != y.shape:
+    raise ValueError(f"{name}: shapes differ: {x.shape} vs {y.shape}.")
+  if x.ndim < 3:
+    raise ValueError(f"{name}: expected [..., H, W, C] images, got "
+                     f"{x.shape}.")
+  dtype = jnp.result_type(x.dtype, y.dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    dtype = jnp.float32
+  flat = lambda z: z.astype(dtype).reshape((-1,) + z.shape[-3:])
+  return fn(flat(x), flat(y)).reshape(x.shape[:-3])  # [...]
 
 
 def psnr(x: jax.Array, y: jax.Array, *, data_range: float = 2.0) -> jax.Array:
-  """Per-image peak signal-to-noise ratio in dB.
+  """Per-image peak signal-to-noise ratio in dB (`dm_pix.psnr`).
 
   PSNR = 10 log10(data_range^2 / MSE), with the MSE taken over the last three
-  axes (H, W, C). Identical images (MSE = 0) do not give +inf: the MSE is
-  floored at `data_range^2 * 10^(-PSNR_MAX_DB / 10)`, so the PSNR is capped at
-  `PSNR_MAX_DB` (100 dB) and batch means stay finite.
+  axes (H, W, C). Identical images (MSE = 0) do not give +inf: the PSNR is
+  capped at `PSNR_MAX_DB` (100 dB), so batch means stay finite.
 
   Args:
     x: Images, [B, H, W, C] (or [..., H, W, C]).
@@ -48,41 +59,9 @@ def psnr(x: jax.Array, y: jax.Array, *, data_range: float = 2.0) -> jax.Array:
   Returns:
     PSNR of each image in dB, [B] (or [...]).
   """
-  x, y = _as_float(x), _as_float(y)
-  if x.shape != y.shape:
-    raise ValueError(f"psnr: shapes differ: {x.shape} vs {y.shape}.")
-  if x.ndim < 3:
-    raise ValueError(f"psnr: expected [..., H, W, C] images, got {x.shape}.")
-  mse = jnp.mean(jnp.square(x - y), axis=(-3, -2, -1))  # [B]
-  peak = jnp.square(jnp.asarray(data_range, mse.dtype))
-  mse = jnp.maximum(mse, peak * 10.0 ** (-PSNR_MAX_DB / 10.0))
-  return 10.0 * jnp.log10(peak / mse)  # [B]
-
-
-def _gaussian_filter_1d(filter_size: int, filter_sigma: float) -> np.ndarray:
-  """The normalised 1-D Gaussian window used by `ssim` (as in dm_pix)."""
-  hw = filter_size // 2
-  shift = (2 * hw - filter_size + 1) / 2
-  f_i = ((np.arange(filter_size) - hw + shift) / filter_sigma) ** 2
-  filt = np.exp(-0.5 * f_i)
-  return filt / filt.sum()  # [filter_size]
-
-
-def _filter_valid(z: jax.Array, filt: np.ndarray, axis: int) -> jax.Array:
-  """'valid' 1-D convolution of `z` with `filt` along `axis`.
-
-  Implemented as a weighted sum of shifted slices, which XLA fuses well for
-  small windows. Like `jnp.convolve`, the window is flipped.
-  """
-  k = len(filt)
-  n_out = z.shape[axis] - k + 1
-  taps = filt[::-1]
-  out = None
-  for i in range(k):
-    piece = jax.lax.slice_in_dim(z, i, i + n_out, axis=axis)
-    term = piece * jnp.asarray(taps[i], z.dtype)
-    out = term if out is None else out + term
-  return out
+  # dm_pix.psnr assumes a data range of 1: scale the images to it.
+  fn = lambda a, b: dm_pix.psnr(a / data_range, b / data_range)
+  return jnp.minimum(_per_image("psnr", fn, x, y), PSNR_MAX_DB)  # [B]
 
 
 def ssim(
@@ -95,12 +74,13 @@ def ssim(
     k1: float = 0.01,
     k2: float = 0.03,
 ) -> jax.Array:
-  """Per-image structural similarity (Wang et al., 2004).
+  """Per-image structural similarity (Wang et al., 2004), `dm_pix.ssim`.
 
-  Uses a separable Gaussian window with 'valid' filtering; the SSIM map is
+  A separable Gaussian window with 'valid' filtering; the SSIM map is
   averaged over pixels and channels (channels are treated independently, no
-  colour transform). Numerically matches `dm_pix.ssim` with the same
-  arguments.
+  colour transform). The defaults are the project's protocol: 11x11 window,
+  sigma 1.5, k1 0.01, k2 0.03 and max value 2 (images in [-1, 1]; dm_pix's
+  own default is 1).
 
   Args:
     x: Images, [B, H, W, C] (or [..., H, W, C]); H, W >= filter_size.
@@ -114,42 +94,15 @@ def ssim(
   Returns:
     Mean SSIM of each image, [B] (or [...]).
   """
-  x, y = _as_float(x), _as_float(y)
-  if x.shape != y.shape:
-    raise ValueError(f"ssim: shapes differ: {x.shape} vs {y.shape}.")
-  if x.ndim < 3:
-    raise ValueError(f"ssim: expected [..., H, W, C] images, got {x.shape}.")
-  if min(x.shape[-3], x.shape[-2]) < filter_size:
+  shape = jnp.shape(x)
+  if len(shape) >= 3 and min(shape[-3], shape[-2]) < filter_size:
     raise ValueError(
-        f"ssim: images {x.shape[-3]}x{x.shape[-2]} are smaller than the "
+        f"ssim: images {shape[-3]}x{shape[-2]} are smaller than the "
         f"filter ({filter_size}).")
-  filt = _gaussian_filter_1d(filter_size, filter_sigma)
-
-  def blur(z):  # [..., H, W, C] -> [..., H', W', C]
-    return _filter_valid(_filter_valid(z, filt, z.ndim - 2), filt, z.ndim - 3)
-
-  mu_x = blur(x)  # [B, H', W', C]
-  mu_y = blur(y)
-  mu_xx = mu_x * mu_x
-  mu_yy = mu_y * mu_y
-  mu_xy = mu_x * mu_y
-  var_x = blur(x * x) - mu_xx
-  var_y = blur(y * y) - mu_yy
-  cov_xy = blur(x * y) - mu_xy
-
-  # Keep the second moments valid despite cancellation errors.
-  eps = jnp.finfo(jnp.float32).eps ** 2
-  var_x = jnp.maximum(eps, var_x)
-  var_y = jnp.maximum(eps, var_y)
-  cov_xy = jnp.sign(cov_xy) * jnp.minimum(
-      jnp.sqrt(var_x * var_y), jnp.abs(cov_xy))
-
-  c1 = (k1 * max_val) ** 2
-  c2 = (k2 * max_val) ** 2
-  numer = (2.0 * mu_xy + c1) * (2.0 * cov_xy + c2)
-  denom = (mu_xx + mu_yy + c1) * (var_x + var_y + c2)
-  ssim_map = numer / denom  # [B, H', W', C]
-  return jnp.mean(ssim_map, axis=(-3, -2, -1))  # [B]
+  fn = lambda a, b: dm_pix.ssim(a, b, max_val=max_val,
+                                filter_size=filter_size,
+                                filter_sigma=filter_sigma, k1=k1, k2=k2)
+  return _per_image("ssim", fn, x, y)  # [B]
 
 
 def feature_statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

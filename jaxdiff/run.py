@@ -29,6 +29,8 @@ MODES = {
     "eval": "jaxdiff.modes.eval",
     "classify": "jaxdiff.modes.classify",
     "viz": "jaxdiff.modes.viz",
+    "likelihood": "jaxdiff.modes.likelihood",
+    "demo": "jaxdiff.modes.demo",
 }
 
 
@@ -116,6 +118,9 @@ def check_workdir(config, workdir: str, mode: str) -> None:
   """
   if mode == "train":
     return
+  if config.get("init_from"):  # A shipped model: the workdir takes outputs.
+    workdir_lib.prepare(workdir, create=True)
+    return
   saved = workdir_lib.read_config(workdir) if os.path.isdir(workdir) else None
   changes = workdir_lib.meaning_changes(saved or {}, config_lib.to_json(config))
   if changes:
@@ -124,8 +129,8 @@ def check_workdir(config, workdir: str, mode: str) -> None:
         f"The run in {workdir} was trained with other settings "
         f"({workdir_lib.format_changes(changes)}; saved -> given); pass the "
         f"run's own: {fix}")
-  elsewhere = mode == "denoise" and bool(
-      (config.get("denoise") or {}).get("out_dir"))
+  elsewhere = mode in ("denoise", "likelihood") and bool(
+      (config.get(mode) or {}).get("out_dir"))
   workdir_lib.prepare(workdir, create=False, writable=not elsewhere)
   holder = workdir_lib.training_holder(workdir)
   if holder and distributed.is_main():

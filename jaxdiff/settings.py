@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 import ml_collections
 
 from jaxdiff.settings_modes import (  # re-exported: one place for defaults
-    ClassifySettings, DenoiseSettings, EvalSettings, VizSettings)
+    ClassifySettings, DenoiseSettings, EvalSettings, LikelihoodSettings,
+    VizSettings)
 from jaxdiff.settings_modes import _is_int
 
 T = TypeVar("T")
@@ -194,6 +195,9 @@ class Settings:
   # -1: one per usable core (at most 8, a divisor of the batch); 0: JAX's
   # default, one device. An explicit XLA_FLAGS device count wins.
   cpu_devices: int = -1
+  # 'pretrained:NAME' (jaxdiff.pretrained): the modes use that shipped model
+  # instead of the workdir's checkpoint; training starts from it.
+  init_from: str = ""
   data: DataSettings = dataclasses.field(default_factory=DataSettings)
   model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
   diffusion: DiffusionSettings = dataclasses.field(
@@ -207,6 +211,8 @@ class Settings:
   classify: ClassifySettings = dataclasses.field(
       default_factory=ClassifySettings)
   denoise: DenoiseSettings = dataclasses.field(default_factory=DenoiseSettings)
+  likelihood: LikelihoodSettings = dataclasses.field(
+      default_factory=LikelihoodSettings)
 
   def validate(self) -> "Settings":
     """Checks data, training and sampling (`config.build_model`: the model)."""

@@ -1,6 +1,6 @@
-"""The modes' config sections (eval, viz, classify, denoise), one frozen
-dataclass each; part of `jaxdiff.settings`, which re-exports them (read
-that module's docstring). Standard library only.
+"""The modes' config sections (eval, viz, classify, denoise, likelihood),
+one frozen dataclass each; part of `jaxdiff.settings`, which re-exports
+them (read that module's docstring). Standard library only.
 """
 from __future__ import annotations
 
@@ -234,4 +234,83 @@ class DenoiseSettings:
       raise ValueError(f"config.denoise.num_images and batch_size must be "
                        f">= 1, got {self.num_images}, {self.batch_size}.")
     self.images_per_method()
+    return self
+
+
+_LIKELIHOOD_CHOICES = {
+    "method": ("auto", "ode", "chain"),
+    "divergence": ("hutchinson", "exact"),   # jaxdiff.likelihood.DIVERGENCES
+    "probe": ("rademacher", "gaussian"),     # PROBES
+    "solver": ("dopri5", "tsit5"),           # SOLVERS
+    "chain_variance": ("posterior", "beta"),  # VARIANCES
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LikelihoodSettings:
+  """`config.likelihood` (`--mode likelihood`): bits/dim of test images.
+
+  Attributes:
+    method: 'ode' (the probability-flow ODE of a continuous Gaussian
+      process), 'chain' (the T-step DDPM chain's variational bound) or
+      'auto' (chain for the discrete VP chain, else ode).
+    num_images: the first N images of `data_split`.
+    batch_size: images per jitted call, split over the local devices (and
+      rounded up to a multiple of their count; the extra rows are padding).
+    data_split: the data split the images come from.
+    divergence: ode: 'hutchinson' (one probe per image per solve) or
+      'exact' (D Jacobian-vector products; small images only).
+    probe: ode, Hutchinson: 'rademacher' or 'gaussian'.
+    solver: ode: 'dopri5' or 'tsit5' (adaptive PID steps).
+    rtol, atol: ode: the step controller's tolerances.
+    t_eps: ode: the start time of the solve; 0.0: the process's t_min.
+    max_steps: ode: the solver's step budget (a solve that needs more is
+      counted as failed).
+    dequant_samples: ode: K uniform dequantizations per image
+      (importance-weighted; 1 is the plain bound).
+    chain_variance: chain: the reverse variance, 'posterior' (beta_tilde,
+      the ddpm sampler's) or 'beta'.
+    chain_terms: chain: 0 sums all T terms; k > 0 estimates the diffusion
+      terms from k steps drawn per image (unbiased, much cheaper).
+    seed: batch i uses the key fold_in(key(seed), i).
+    use_ema: use the EMA parameters.
+    out_dir: output folder ('' = WORKDIR/likelihood).
+  """
+  method: str = "auto"
+  num_images: int = 1000
+  batch_size: int = 50
+  data_split: str = "test"
+  divergence: str = "hutchinson"
+  probe: str = "rademacher"
+  solver: str = "dopri5"
+  rtol: float = 1e-5
+  atol: float = 1e-5
+  t_eps: float = 0.0          # 0.0 -> the process's t_min
+  max_steps: int = 4096
+  dequant_samples: int = 1
+  chain_variance: str = "posterior"
+  chain_terms: int = 0        # 0 -> all T terms
+  seed: int = 0
+  use_ema: bool = True
+  out_dir: str = ""           # "" -> WORKDIR/likelihood
+
+  def validate(self) -> "LikelihoodSettings":
+    for name, choices in _LIKELIHOOD_CHOICES.items():
+      if getattr(self, name) not in choices:
+        raise ValueError(f"config.likelihood.{name}={getattr(self, name)!r} "
+                         f"must be one of {', '.join(choices)}.")
+    for name in ("num_images", "batch_size", "max_steps", "dequant_samples"):
+      if not _is_int(getattr(self, name), 1):
+        raise ValueError(f"config.likelihood.{name} must be an integer >= 1, "
+                         f"got {getattr(self, name)!r}.")
+    if not _is_int(self.chain_terms, 0):
+      raise ValueError("config.likelihood.chain_terms must be an integer >= 0 "
+                       f"(0: all T terms), got {self.chain_terms!r}.")
+    for name in ("rtol", "atol"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"config.likelihood.{name} must be > 0, got "
+                         f"{getattr(self, name)!r}.")
+    if not self.t_eps >= 0:
+      raise ValueError("config.likelihood.t_eps must be >= 0 (0: the "
+                       f"process's t_min), got {self.t_eps!r}.")
     return self

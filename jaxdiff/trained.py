@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxdiff import checkpoint as ckpt_lib
 from jaxdiff import config as config_lib
 from jaxdiff import denoiser as denoiser_lib
+from jaxdiff import pretrained as pretrained_lib
 from jaxdiff import samplers
 from jaxdiff.settings import Settings
 from jaxdiff.train import state as state_lib
@@ -242,7 +243,8 @@ class Trained:
 
 
 def restore(config, workdir: str, *, use_ema: bool = True) -> Trained:
-  """The newest readable checkpoint of `workdir` as a `Trained`.
+  """The newest readable checkpoint of `workdir` as a `Trained` (or, with
+  `config.init_from` = 'pretrained:NAME', that shipped model's EMA weights).
 
   Args:
     config: the run's config (ConfigDict or `Settings`).
@@ -263,6 +265,12 @@ def restore(config, workdir: str, *, use_ema: bool = True) -> Trained:
   process = config_lib.build_process(s)
   tx = state_lib.make_optimizer(s.training)
   target = state_lib.abstract_state(model, tx, s.data.image_shape)
+  shipped = pretrained_lib.for_config(s)
+  if shipped is not None:  # config.init_from: the workdir is not read.
+    params, _, meta = shipped
+    pretrained_lib.check_shapes(params, target.params, s.init_from)
+    return Trained(settings=s, model=model, params=params,
+                   step=int(meta.get("step", 0)), process=process)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   missing = (f"No checkpoints in {ckpt_dir}; train first with --mode train "
              "and the same --workdir.")

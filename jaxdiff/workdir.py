@@ -46,7 +46,8 @@ RESUMABLE = frozenset({
     "training.sample_every", "training.num_train_steps",
     "training.lr_decay_start", "training.keep_checkpoints",
     "training.max_nonfinite", "training.resume_with_changes",
-    "eval", "viz", "classify", "denoise"})
+    "init_from",  # read only when the workdir has no checkpoint yet
+    "eval", "viz", "classify", "denoise", "likelihood"})
 
 # errno -> (verb, what happened, what to do) of the file-system faults a user
 # can fix; `describe_os_error` makes one line of them ({a}: "a --workdir"

@@ -4,7 +4,9 @@ class-conditional model from the newest checkpoint.
 
 Writes `<workdir>/classify/`: `classify.json` (accuracy, confusion matrix,
 time per image against the number of pairs, Tweedie denoising PSNR with and
-without the label), `confusion.png` and `denoise.png`.
+without the label), `confusion.png` and `denoise.png`; the accuracy and
+time per image also go to TensorBoard (`<workdir>/tensorboard/classify`, at
+the checkpoint step).
 """
 import dataclasses
 import os
@@ -17,6 +19,7 @@ from jaxdiff import classifier
 from jaxdiff import data as data_lib
 from jaxdiff import files
 from jaxdiff import settings as settings_lib
+from jaxdiff import tensorboard
 from jaxdiff import trained as trained_lib
 from jaxdiff import viz
 
@@ -141,5 +144,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
     report["denoise"] = _denoise(trained, ds, cs, out_dir)
 
   files.write_json(os.path.join(out_dir, "classify.json"), report)
+  with tensorboard.Writer.for_mode(workdir, "classify") as board:
+    board.scalars(trained.step, {
+        "accuracy": report["accuracy"],
+        "seconds_per_image": report["seconds_per_image"]})
   print(_summary_line(report, s, out_dir), flush=True)
   return report

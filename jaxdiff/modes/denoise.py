@@ -5,7 +5,9 @@ Measures the first `num_images` images of `data_split` (`jaxdiff.inverse`'s
 protocol), runs every method and writes `metrics.json`, `metrics.csv`,
 `comparison.png` and `reconstructions.npz` to WORKDIR/denoise (or `out_dir`).
 metrics.json is rewritten after each method: an interrupted run keeps the
-finished ones.
+finished ones. At the end, each method's mean PSNR and SSIM (scalars
+`psnr_mean/<method>`, `ssim_mean/<method>` at the checkpoint step) and
+comparison.png go to TensorBoard, `WORKDIR/tensorboard/denoise`.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from jaxdiff import data as data_lib
 from jaxdiff import files
 from jaxdiff import inverse
 from jaxdiff import settings as settings_lib
+from jaxdiff import tensorboard
 from jaxdiff import trained as trained_lib
 from jaxdiff import viz
 from jaxdiff.inverse import benchmark
@@ -116,6 +119,15 @@ def _write_figures(out_dir: str, ds, x, outputs, results: Results):
                         **{k: viz.to_uint8(v) for k, v in outputs.items()})
 
 
+def _write_board(workdir: str, step: int, results: Results, figure: str):
+  """The means of each method and the comparison figure, to TensorBoard."""
+  with tensorboard.Writer.for_mode(workdir, "denoise") as board:
+    for key in ("psnr_mean", "ssim_mean"):
+      board.scalars(step, {name: r[key] for name, r in results.items()},
+                    prefix=f"{key}/")
+    board.image_file(step, "comparison", figure)
+
+
 def run(config, workdir: str) -> Dict[str, Any]:
   """Runs the benchmark; returns the contents of metrics.json."""
   s = settings_lib.from_config(config)
@@ -169,6 +181,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
           f"(+{compile_s:.1f} s compile).", flush=True)
     json_path = write_results(out_dir, results, header)
   _write_figures(out_dir, ds, x, outputs, results)
+  _write_board(workdir, trained.step, results,
+               os.path.join(out_dir, "comparison.png"))
   print(format_table(results))
   print(f"jaxdiff: wrote {json_path}, metrics.csv and comparison.png in "
         f"{out_dir}.", flush=True)

@@ -3,7 +3,9 @@
 `config.sampling` (method, steps, grid) from the newest checkpoint.
 
 Writes `<workdir>/eval_<method>_<steps>.json` and, beside it, a grid of the
-first (up to) 64 scored samples `eval_<method>_<steps>.png`. The feature
+first (up to) 64 scored samples `eval_<method>_<steps>.png`; the numbers
+go to TensorBoard too (`<workdir>/tensorboard/eval`, scalars
+`<method>_<steps>/fd`, ... at the checkpoint step). The feature
 classifier is cached in `<config.eval.cache_dir or workdir/cache>/
 classifier_<dataset>/`.
 """
@@ -18,8 +20,14 @@ from jaxdiff import data as data_lib
 from jaxdiff import feature_distance
 from jaxdiff import files
 from jaxdiff import settings as settings_lib
+from jaxdiff import tensorboard
 from jaxdiff import trained as trained_lib
 from jaxdiff import viz
+
+
+# The result's numbers that go to TensorBoard (absent ones are left out).
+_BOARD_KEYS = ("fd", "floor", "confidence", "real_confidence",
+               "label_agreement", "images_per_second")
 
 
 class _TimedSampleFn:
@@ -82,6 +90,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
   name = os.path.join(workdir, f"eval_{sc.method}_{sc.steps}")
   result["grid"] = viz.save_grid(name + ".png", np.asarray(samples)[:64])
   files.write_json(name + ".json", result)
+  with tensorboard.Writer.for_mode(workdir, "eval") as board:
+    board.scalars(trained.step, {k: result.get(k) for k in _BOARD_KEYS},
+                  prefix=f"{sc.method}_{sc.steps}/")
   print(f"jaxdiff: eval {sc.method}/{sc.steps} at step {trained.step}: "
         f"FD {result['fd']:.3f} (floor {result['floor']:.3f}), confidence "
         f"{result['confidence']:.3f}, histogram {result['histogram']}, "

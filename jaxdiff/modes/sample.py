@@ -1,5 +1,6 @@
 """`--mode sample`: a sample grid (one row per class when conditional) and
-the images as an npz, from the newest checkpoint."""
+the images as an npz, from the newest checkpoint; the grid also goes to
+TensorBoard (`<workdir>/tensorboard/sample`, image `<method>_<steps>`)."""
 import os
 
 import jax
@@ -8,6 +9,7 @@ import numpy as np
 from jaxdiff import data as data_lib
 from jaxdiff import files
 from jaxdiff import settings as settings_lib
+from jaxdiff import tensorboard
 from jaxdiff import trained as trained_lib
 from jaxdiff import viz
 
@@ -35,8 +37,11 @@ def run(config, workdir: str):
   images = trained.generate(jax.random.key(s.seed + 1), num, labels)
   name = f"samples_{sc.method}_{sc.steps}"
   out = os.path.join(workdir, name + ".png")
-  viz.save_grid(out, images, ncol=(num // len(rows)) if rows else None,
-                row_labels=rows)
+  ncol = (num // len(rows)) if rows else None
+  viz.save_grid(out, images, ncol=ncol, row_labels=rows)
+  with tensorboard.Writer.for_mode(workdir, "sample") as board:
+    board.image(trained.step, f"{sc.method}_{sc.steps}",
+                viz.make_grid(images, ncol=ncol))
   with files.atomic_write(os.path.join(workdir, name + ".npz")) as f:
     np.savez_compressed(f, images=viz.to_uint8(images),
                         labels=labels if labels is not None else np.zeros(0))

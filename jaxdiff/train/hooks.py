@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxdiff import distributed
 from jaxdiff import files
+from jaxdiff import tensorboard as tensorboard_lib
 from jaxdiff import trained as trained_lib
 from jaxdiff.settings import Settings
 from jaxdiff.train.state import TrainingError, run_keys
@@ -170,10 +171,13 @@ def drop_records_after(path: str, step: int) -> int:
 
 
 class Log(Hook):
-  """Every `log_every` steps and at the end: a line and metrics.jsonl.
+  """Every `log_every` steps and at the end: a line, metrics.jsonl and the
+  record's numbers as TensorBoard scalars `train/<key>` (`board`, which
+  this hook closes; `Sample` adds its grids to it).
 
   metrics.jsonl keeps the records up to `initial` (the step the run starts
-  from) and gets the new ones appended.
+  from) and gets the new ones appended; TensorBoard drops the older events
+  after `initial` likewise.
   """
   at_end = True
 
@@ -183,6 +187,7 @@ class Log(Hook):
     self.every, self.total = every, total
     self.lr_at, self.clock, self.console = lr_at, clock, console
     self.file = None
+    self.board = tensorboard_lib.Writer.for_training(workdir, initial)
     if distributed.is_main():
       path = os.path.join(workdir, "metrics.jsonl")
       dropped = drop_records_after(path, initial)
@@ -198,11 +203,14 @@ class Log(Hook):
     if self.file is not None:
       self.file.write(json.dumps(record) + "\n")
       self.file.flush()
+    self.board.scalars(step, {k: v for k, v in record.items() if k != "step"},
+                       prefix="train/")
     self.console.line(log_line(record, self.total))
 
   def close(self):
     if self.file is not None:
       self.file.close()
+    self.board.close()
 
 
 def unsaved_reason(state) -> Optional[str]:
@@ -271,7 +279,8 @@ def write_loss_curve(workdir: str) -> None:
 
 class Sample(Hook):
   """Every `sample_every` steps (unless stopping): a grid of samples in
-  `samples/step_XXXXXXX.png` (key: fold_in(sample key, step)), and loss.png.
+  `samples/step_XXXXXXX.png` (key: fold_in(sample key, step)), and loss.png;
+  with a TensorBoard writer `board`, the grid as its image "train/samples".
 
   Sampling runs on every process (the computation spans them); with one
   process the batch is split over the training mesh.
@@ -279,8 +288,10 @@ class Sample(Hook):
   needs_record = False
 
   def __init__(self, s: Settings, workdir: str, apply_fn, process, mesh,
-               stop, clock: Clock):
+               stop, clock: Clock,
+               board: Optional[tensorboard_lib.Writer] = None):
     self.s, self.workdir, self.stop, self.clock = s, workdir, stop, clock
+    self.board = board
     self.every = s.training.sample_every
     self.sample_fn = trained_lib.make_sample_fn(
         s, apply_fn, process, mesh=mesh if jax.process_count() == 1 else None)
@@ -302,5 +313,7 @@ class Sample(Hook):
     if distributed.is_main():
       viz.save_grid(os.path.join(self.workdir, "samples",
                                  f"step_{step:07d}.png"), images)
+      if self.board is not None:
+        self.board.image(step, "train/samples", viz.make_grid(images))
       write_loss_curve(self.workdir)
     self.clock.restart(step)  # Time training alone.

@@ -23,6 +23,7 @@ from jaxdiff import checkpoint as ckpt_lib
 from jaxdiff import config as config_lib
 from jaxdiff import data as data_lib
 from jaxdiff import distributed
+from jaxdiff import pretrained as pretrained_lib
 from jaxdiff import trained as trained_lib
 from jaxdiff import workdir as workdir_lib
 from jaxdiff.settings import DataSettings, Settings
@@ -150,6 +151,28 @@ def run_loop(state: TrainState, dispatch: Dispatch,
   return state, step
 
 
+def _init_fn(s: Settings, model, tx, target: TrainState,
+             replicated: NamedSharding) -> Callable[[], TrainState]:
+  """The fresh state of a new run: random, or with `config.init_from`'s
+  pretrained weights as parameters and EMA (fine-tuning)."""
+  init = jax.jit(lambda: init_state(model, tx, run_keys(s.seed)[0],
+                                    s.data.image_shape),
+                 out_shardings=replicated)
+  shipped = pretrained_lib.for_config(s)
+  if shipped is None:
+    return init
+  params = shipped[0]
+  pretrained_lib.check_shapes(params, target.params, s.init_from)
+
+  def init_pretrained() -> TrainState:
+    p = jax.device_put(params, replicated)
+    if distributed.is_main():
+      print(f"jaxdiff: starting from {s.init_from}.", flush=True)
+    return init().replace(params=p,
+                          ema_params=jax.tree.map(lambda a: a.copy(), p))
+  return init_pretrained
+
+
 def _initial_state(ckpt, target, init: Callable[[], TrainState]
                    ) -> TrainState:
   """The newest readable checkpoint (unreadable ones set aside), else
@@ -191,12 +214,12 @@ def _hooks(s: Settings, workdir: str, ckpt, config_json: dict, stop,
   tc = s.training
   console = hooks_lib.Console(tc.num_train_steps, step)
   clock = hooks_lib.Clock(console, tc.batch_size, step)
-  return [clock,
-          hooks_lib.Log(workdir, tc.log_every, tc.num_train_steps,
-                        lr_schedule(tc), clock, console, initial=step),
-          console,
+  log = hooks_lib.Log(workdir, tc.log_every, tc.num_train_steps,
+                      lr_schedule(tc), clock, console, initial=step)
+  return [clock, log, console,
           hooks_lib.Save(ckpt, tc.checkpoint_every, config_json, console),
-          hooks_lib.Sample(s, workdir, apply_fn, process, mesh, stop, clock)]
+          hooks_lib.Sample(s, workdir, apply_fn, process, mesh, stop, clock,
+                           board=log.board)]
 
 
 def _announce(s: Settings, ds, n_params: int) -> None:
@@ -358,9 +381,7 @@ def _train(s: Settings, workdir: str, config_json: dict,
   check_batch(tc.batch_size, jax.device_count(), len(ds.images))
   apply_fn = make_apply_fn(model)
   _announce(s, ds, count_params(target.params))
-  init = jax.jit(lambda: init_state(model, tx, run_keys(s.seed)[0],
-                                    s.data.image_shape),
-                 out_shardings=replicated)
+  init = _init_fn(s, model, tx, target, replicated)
 
   with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                              max_to_keep=tc.keep_checkpoints) as ckpt:
