@@ -175,6 +175,9 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=256)
   p.add_argument("--mse_images", type=int, default=256)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--sample_seed", type=int, default=-1,
+                 help="seed of the samples only (-1: --seed); the feature "
+                 "classifier and the floor keep --seed's")
   p.add_argument("--cache", default="runs/cache")
   p.add_argument("--data_dir", default="")
   p.add_argument("--out", default="docs/parameterizations/results.json")
@@ -222,11 +225,13 @@ def main(argv=None):
     run["x0_mse"] = x0_mse_curve(trained, test.images, a.mse_images, levels)
     files.write_json(a.out, results)
     for method, nfe in points:
-      key = f"{method}{'+clip' if a.clip else ''}@{nfe}"
+      sample_seed = a.seed if a.sample_seed < 0 else a.sample_seed
+      key = f"{method}{'+clip' if a.clip else ''}@{nfe}" + (
+          f"#seed{sample_seed}" if sample_seed != a.seed else "")
       if key in run["quality"] and run["quality"][key].get("num") == a.num:
         continue
       q = quality_point(trained, clf, test, floor, method, nfe, a.num,
-                        a.batch, a.seed)
+                        a.batch, sample_seed)
       run["quality"][key] = dict(q, num=a.num, clip=a.clip)
       print(f"{name:>8} {method:>17} NFE {q['nfe']:>4}: FD {q['fd']:.3f} "
             f"(floor {q['floor']:.3f}), {q['seconds_per_image'] * 1e3:.1f} "
