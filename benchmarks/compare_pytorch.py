@@ -218,8 +218,10 @@ class TorchCNN(Compact):
 
   def call(self, x, t, y=None):
     """x [B, C, H, W], t [B] in [0, 1], y [B] or None -> eps [B, C, H, W]."""
-    freqs = torch.cat([torch.zeros(1), 2 * math.pi * 1.5 ** torch.arange(
-        self.time_embeddings - 1, dtype=torch.float32)])
+    freqs = torch.cat([torch.zeros(1, device=t.device),
+                       2 * math.pi * 1.5 ** torch.arange(
+                           self.time_embeddings - 1, dtype=torch.float32,
+                           device=t.device)])
     phases = t[:, None] * freqs[None]
     temb = torch.cat([torch.sin(phases), torch.cos(phases)], dim=-1)
     for width in (128, 128, 128):
@@ -229,7 +231,8 @@ class TorchCNN(Compact):
                     self.hidden[0])(temb)
     if self.num_classes is not None:
       if y is None:
-        y = torch.full(t.shape, self.num_classes, dtype=torch.long)
+        y = torch.full(t.shape, self.num_classes, dtype=torch.long,
+                       device=t.device)
       temb = temb + self.sub("Embed", torch.nn.Embedding, self.num_classes + 1,
                              self.hidden[0])(y)
     h = self.sub("CNNBlock", TorchCNNBlock, self.hidden[0],
@@ -246,7 +249,7 @@ def sinusoidal_embedding(t, dim: int, scale: float,
   """jaxdiff.models.layers.sinusoidal_embedding: t [B] -> [B, dim]."""
   half = dim // 2
   freqs = torch.exp(-math.log(max_period) * torch.arange(
-      half, dtype=torch.float32) / max(half - 1, 1))
+      half, dtype=torch.float32, device=t.device) / max(half - 1, 1))
   args = (scale * t)[:, None] * freqs[None, :]
   emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
   return F.pad(emb, (0, 1)) if dim % 2 else emb
@@ -266,7 +269,8 @@ class TorchConditionEmbedding(Compact):
                    4 * self.dim)(F.silu(emb))
     if self.num_classes is not None:
       if y is None:
-        y = torch.full(t.shape, self.num_classes, dtype=torch.long)
+        y = torch.full(t.shape, self.num_classes, dtype=torch.long,
+                       device=t.device)
       emb = emb + self.sub("Embed", torch.nn.Embedding, self.num_classes + 1,
                            4 * self.dim)(y)
     return emb
@@ -330,13 +334,17 @@ class TorchAttnBlock(Compact):
 
 
 class TorchUNet(Compact):
-  """jaxdiff.models.unet.UNet, in NCHW."""
+  """jaxdiff.models.unet.UNet, in NCHW. `attention` (the Flax model's choice
+  of implementation) is accepted and ignored: this one always runs
+  `F.scaled_dot_product_attention`."""
 
   def __init__(self, ch: int = 64, ch_mult: Sequence[int] = (1, 2, 2),
                num_res_blocks: int = 2, attn_resolutions: Sequence[int] = (14,),
                num_heads: int = 8, dropout: float = 0.1,
-               num_classes: Optional[int] = None, time_scale: float = 1000.0):
+               num_classes: Optional[int] = None, time_scale: float = 1000.0,
+               attention: str = "matmul"):
     super().__init__()
+    del attention
     self.ch, self.ch_mult = ch, tuple(ch_mult)
     self.num_res_blocks = num_res_blocks
     self.attn_resolutions, self.num_heads = tuple(attn_resolutions), num_heads
@@ -487,6 +495,12 @@ class TorchVP:
                                         schedules_lib.CosineSchedule)):
       raise ValueError(f"Unknown schedule {type(self.schedule).__name__}.")
 
+  def to(self, device) -> "TorchVP":
+    """Moves the discrete chain's table to `device` (returns self)."""
+    if hasattr(self, "_cum"):
+      self._cum = self._cum.to(device)
+    return self
+
   def int_beta(self, t):
     s = self.schedule
     if self.num_steps:  # linear interpolation on the grid i / T
@@ -508,10 +522,11 @@ class TorchVP:
 
   def sample_time(self, batch: int, generator):
     if self.num_steps:  # the DDPM chain: t = i / T, i in 1..T
-      i = torch.randint(1, self.num_steps + 1, (batch,), generator=generator)
+      i = torch.randint(1, self.num_steps + 1, (batch,), generator=generator,
+                        device=generator.device)
       return i.float() / self.num_steps
-    return self.t_min + (1 - self.t_min) * torch.rand(batch,
-                                                      generator=generator)
+    return self.t_min + (1 - self.t_min) * torch.rand(
+        batch, generator=generator, device=generator.device)
 
 
 def bcast(v):
@@ -522,8 +537,11 @@ class TorchTrainer:
   """jaxdiff.train.train_step in PyTorch eager mode (unconditional)."""
 
   def __init__(self, model, process: TorchVP, tc, *, seed: int,
-               bf16: bool = False):
+               bf16: bool = False, device: str = "cpu"):
+    """model (a torch module or its `torch.compile`), its parameters and the
+    process on `device`, whose generator draws the times and the noise."""
     self.model, self.process, self.tc, self.bf16 = model, process, tc, bf16
+    self.device = torch.device(device)
     self.params = list(model.parameters())
     self.ema = [p.detach().clone() for p in self.params]
     self.opt = torch.optim.AdamW(self.params, lr=tc.lr,
@@ -531,7 +549,7 @@ class TorchTrainer:
     warmup = tc.warmup_steps
     self.sched = torch.optim.lr_scheduler.LambdaLR(
         self.opt, lambda n: min(1.0, n / warmup) if warmup > 0 else 1.0)
-    self.generator = torch.Generator().manual_seed(seed)
+    self.generator = torch.Generator(device=self.device).manual_seed(seed)
     self.step_count, self.nonfinite = 0, 0
 
   def loss(self, x0, t=None, eps=None):
@@ -549,10 +567,12 @@ class TorchTrainer:
     if t is None:
       t = proc.sample_time(x0.shape[0], self.generator)             # [B]
     if eps is None:
-      eps = torch.randn(x0.shape, generator=self.generator)
+      eps = torch.randn(x0.shape, generator=self.generator,
+                        device=x0.device)
     a, s = bcast(proc.alpha(t)), bcast(proc.sigma(t))
     x_t = a * x0 + s * eps                                          # [B,C,H,W]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16,
+                        enabled=self.bf16):
       eps_hat = self.model(x_t, t)
     eps_hat = eps_hat.float()
     loss = torch.mean((eps_hat - eps)**2, dim=(1, 2, 3))            # [B]
@@ -596,18 +616,35 @@ def torch_ddpm_step(model, process: TorchVP, x, t: float, s: float,
   """jaxdiff.samplers.ancestral's step (DDIM, eta = 1) from t to s < t."""
   model.eval()
   with torch.inference_mode():
-    tt = torch.full((x.shape[0],), t)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    tt = torch.full((x.shape[0],), t, device=x.device)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
       eps = model(x, tt)
     eps = eps.float()
-    t_s = torch.tensor([t, s])
+    t_s = torch.tensor([t, s], device=x.device)
     (a_t, a_s), (s_t, s_s) = process.alpha(t_s), process.sigma(t_s)
     x0 = (x - s_t * eps) / a_t
     var_ts = s_t**2 - (a_t / a_s)**2 * s_s**2
     c2 = var_ts * s_s**2 / s_t**2
-    z = torch.randn(x.shape, generator=generator)
+    z = torch.randn(x.shape, generator=generator, device=x.device)
     return (a_s * x0 + torch.sqrt(torch.clamp(s_s**2 - c2, min=0.0)) * eps
             + torch.sqrt(c2) * z)
+
+
+def torch_runner(model, device: str, compile_mode: str = ""):
+  """(the model to call, sync): `torch.compile(model, mode=...)` when
+  `compile_mode` is set ("default", "reduce-overhead", "max-autotune"), and a
+  function that waits for the device's queued work (CUDA) and returns its
+  argument, so that a timed call counts all its kernels."""
+  if compile_mode:
+    model = torch.compile(model, mode=None if compile_mode == "default"
+                          else compile_mode)
+  if torch.device(device).type == "cuda":
+    def sync(value):
+      torch.cuda.synchronize(device)
+      return value
+  else:
+    sync = lambda value: value
+  return model, sync
 
 
 # ------------------------------------------------------------------ timing
@@ -685,12 +722,17 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
     raise AssertionError(f"{spec}: the PyTorch mirror has {n_torch:,} "
                          f"parameters, the Flax model {n_jax:,}.")
   load_flax_params(torch_model, state.params)  # the same initial weights
-  torch_process = TorchVP(process)
+  device = getattr(args, "device", "cpu")
+  torch_model = torch_model.to(device)
+  torch_process = TorchVP(process).to(device)
+  run_model, sync = torch_runner(torch_model, device,
+                                 getattr(args, "torch_compile", ""))
 
   rng = np.random.default_rng(args.seed)
   x0 = rng.uniform(-1, 1, (batch, *shape)).astype(np.float32)  # [B, H, W, C]
   x0_jax = jnp.asarray(x0)
-  x0_torch = torch.from_numpy(np.ascontiguousarray(x0.transpose(0, 3, 1, 2)))
+  x0_torch = torch.from_numpy(np.ascontiguousarray(x0.transpose(
+      0, 3, 1, 2))).to(device)
 
   # (a) one training step.
   apply_fn = train_lib.make_apply_fn(model)
@@ -721,9 +763,11 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
                                               train_key)
     jax.block_until_ready(metrics)
 
-  trainer = TorchTrainer(torch_model, torch_process, tc, seed=args.seed,
-                         bf16=args.bf16)
-  train_t = alternate(jax_train, lambda: trainer.step(x0_torch),
+  trainer = TorchTrainer(run_model, torch_process, tc, seed=args.seed,
+                         bf16=args.bf16, device=device)
+  torch_train = lambda: sync(trainer.step(x0_torch))
+  torch_first = {"train": time_call(torch_train)[0]}  # torch.compile: compiles
+  train_t = alternate(jax_train, torch_train,
                       warmup=args.warmup, repeats=args.repeats,
       block=args.block)
 
@@ -746,13 +790,14 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
       out_shardings=split).lower(
       params, x0_jax, t_j, s_j, sample_key).compile()
   sample_compile_s = time.perf_counter() - t0
-  generator = torch.Generator().manual_seed(args.seed)
+  generator = torch.Generator(device=device).manual_seed(args.seed)
+  torch_sample = lambda: sync(torch_ddpm_step(
+      run_model, torch_process, x0_torch, t, s, generator, args.bf16))
+  torch_first["sample"] = time_call(torch_sample)[0]
   sample_t = alternate(
       lambda: jax.block_until_ready(
           sample_compiled(params, x0_jax, t_j, s_j, sample_key)),
-      lambda: torch_ddpm_step(torch_model, torch_process, x0_torch, t, s,
-                              generator, args.bf16),
-      warmup=args.warmup, repeats=args.repeats,
+      torch_sample, warmup=args.warmup, repeats=args.repeats,
       block=args.block)
 
   rows = []
@@ -769,7 +814,9 @@ def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
         ratio_cpu=p["cpu"] / j["cpu"], jax_walls=j["walls"],
         torch_walls=p["walls"], jax_cpus=j["cpus"], torch_cpus=p["cpus"],
         jax_first_walls=j["first_walls"], torch_first_walls=p["first_walls"],
-        jax_compile_s=compile_s))
+        jax_compile_s=compile_s, torch_device=str(device),
+        torch_compile=getattr(args, "torch_compile", "") or None,
+        torch_first_call_s=torch_first[task]))
     print(f"  {task:>6}: jax {j['wall']:.4f} s, torch {p['wall']:.4f} s, "
           f"torch/jax {p['wall'] / j['wall']:.2f} (cpu "
           f"{p['cpu'] / j['cpu']:.2f}); jax compile {compile_s:.1f} s",
@@ -830,6 +877,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                       help="JAX CPU devices for a data-parallel step (the "
                       "config key cpu_devices; -1: one per usable core; "
                       "default 1)")
+  parser.add_argument("--device", default="cpu",
+                      help="PyTorch's device (default cpu; a GPU run is "
+                      "benchmarks/accelerator_suite.py's job)")
+  parser.add_argument("--torch_compile", default="",
+                      help="torch.compile the PyTorch model with this mode "
+                      "(default, reduce-overhead, max-autotune; default: "
+                      "eager)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=None,
                       help=f"JSON output (default {DEFAULT_OUT}, with --bf16 "
@@ -868,7 +922,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       platform="cpu", host=platform.node(), cpu_count=os.cpu_count(),
       jax_devices=jax.device_count(),
       omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
-      jax=jax.__version__, torch=torch.__version__,
+      jax=jax.__version__, torch=torch.__version__, torch_device=args.device,
+      torch_compile=args.torch_compile or None,
       torch_threads=torch.get_num_threads(),
       precision="bf16" if args.bf16 else "fp32", repeats=args.repeats,
       block=args.block,

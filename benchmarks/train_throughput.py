@@ -143,10 +143,11 @@ def peak_memory() -> Dict[str, Any]:
   return dict(kind="process_max_rss", bytes=int(rss_kib * scale))
 
 
-def matmul_peak(n: int, warmup: int, repeats: int) -> Dict[str, float]:
-  """GFLOP/s of an [n, n] @ [n, n] fp32 matmul (2 n^3 FLOPs)."""
-  a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
+def matmul_peak(n: int, warmup: int, repeats: int, dtype=jnp.float32
+                ) -> Dict[str, float]:
+  """GFLOP/s of an [n, n] @ [n, n] matmul in `dtype` (2 n^3 FLOPs)."""
+  a = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(2), (n, n), dtype)
   fn = jax.jit(lambda a, b: a @ b)
   t = timed_calls(lambda: fn(a, b), max(warmup, 1), repeats)
   flops = 2.0 * n ** 3
@@ -158,9 +159,13 @@ def matmul_peak(n: int, warmup: int, repeats: int) -> Dict[str, float]:
 # ------------------------------------------------------------ benchmark
 
 
-def bench_config(spec: str, args: argparse.Namespace) -> Dict[str, Any]:
-  """Compiles and times the train function of one config."""
-  config = load_config(spec)
+def bench_config(spec: str, args: argparse.Namespace, config=None,
+                 init: Optional[Callable[[], Any]] = None) -> Dict[str, Any]:
+  """Compiles and times the train function of one config (`config`, when
+  given, instead of loading `spec`, which then only names it; `init`, when
+  given, makes the initial replicated TrainState, e.g. a jitted function
+  compiled once for several configs of the same network)."""
+  config = load_config(spec) if config is None else config
   if args.batch:
     config.training.batch_size = args.batch
   s = config_lib.typed(config)
@@ -174,9 +179,9 @@ def bench_config(spec: str, args: argparse.Namespace) -> Dict[str, Any]:
   train_lib.check_batch(batch, jax.device_count(), n_images)
   shape = s.data.image_shape
   replicated = NamedSharding(mesh, P())
-  state = jax.jit(
+  state = (init or jax.jit(
       lambda: train_lib.init_state(model, tx, train_lib.run_keys(s.seed)[0],
-                                   shape), out_shardings=replicated)()
+                                   shape), out_shardings=replicated))()
   num_params = train_lib.count_params(state.params)
   rng = np.random.default_rng(0)
   images = jax.device_put(

@@ -103,16 +103,32 @@ def get_config(variant: str = ""):
 
 
 def _cpu(c):
-  """A 1.1M-parameter U-Net sized for a 2-core CPU (trained with
-  `--config.training.num_train_steps` set to the time budget)."""
+  """A 1.1M-parameter U-Net sized for a 2-core CPU: v-prediction, 8,500
+  steps (about 85 minutes on two cores), log-normal noise levels, lr 1e-3
+  with a cosine decay over the second half, FFT loss 0.1 (SNR-weighted).
+
+  v rather than eps (docs/parameterizations/): the same Tweedie PSNR at
+  sigma = 0.3, and DPM-Solver++ gives CT-like slices at 10-20 network
+  evaluations where an eps model's x0 estimate blows up at high noise.
+  """
+  c.model.prediction = "v"
   c.model.kwargs = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                         attn_resolutions=(7,), num_heads=4, dropout=0.0)
   c.training.batch_size = 64
   c.training.lr = 1e-3
   c.training.warmup_steps = 200
   c.training.freq_weighting = "snr"
+  c.training.num_train_steps = 8500
+  c.training.lr_decay = "cosine"
+  c.training.lr_decay_start = 4250
+  c.training.lr_end_factor = 0.02
+  c.training.time_sampling = "lognormal"
   c.training.checkpoint_every = 250
   c.training.sample_every = 1000
+  c.sampling.method = "dpm_solver_pp"
+  c.sampling.steps = 20
+  c.sampling.grid = "default"
+  c.sampling.clip_denoised = False
   # K posterior draws one after another: 2.4x faster than all 8 vmapped
   # on a 2-core CPU (docs/organamnist/README.md).
   c.denoise.posterior_batch = 1

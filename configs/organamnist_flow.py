@@ -7,8 +7,8 @@ ODE samplers on their own grids, unclipped.
     python launch.py --config configs/organamnist_flow.py:cpu --workdir runs/flow_cpu
     python launch.py --config configs/organamnist_flow.py:tiny --workdir /tmp/t
 
-Variants: those of configs/organamnist.py ('', 'tiny', 'quickstart', 'cpu'
-and the inverse-problem ones). The same recipe with v-prediction on the VP
+Variants: those of configs/organamnist.py ('', 'tiny', 'cpu' and the
+inverse-problem ones). The same recipe with v-prediction on the VP
 process is `configs/organamnist.py --config.model.prediction=v`; every
 parameterization is compared in docs/parameterizations/.
 """
@@ -19,6 +19,7 @@ def get_config(variant: str = ""):
   c = organamnist.get_config(variant)
   c.diffusion.sde = "flow"
   c.model.prediction = "velocity"
+  c.init_from = ""  # the shipped organamnist_cpu model is a VP v-model
   c.sampling.method = "dpm_solver_pp"
   c.sampling.grid = "default"
   c.sampling.clip_denoised = False

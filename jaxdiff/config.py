@@ -101,6 +101,10 @@ def _check_unet(kwargs: Mapping[str, Any], image_size: int) -> None:
         f"{', '.join(map(str, missing))}, but with image_size={image_size} "
         f"and ch_mult={ch_mult} the resolutions are "
         f"{', '.join(map(str, sizes))}; use some of those (or () for none).")
+  if kwargs["attention"] not in models_lib.unet.ATTENTION:
+    raise ValueError(
+        f"config.model.kwargs.attention={kwargs['attention']!r} must be one "
+        f"of {', '.join(models_lib.unet.ATTENTION)} ('cudnn': NVIDIA GPUs).")
   heads, ch = kwargs["num_heads"], kwargs["ch"]
   widths = sorted({ch * m for m, size in zip(ch_mult, sizes) if size in attn}
                   | {ch * ch_mult[-1]})  # + the middle block's attention

@@ -166,7 +166,8 @@ def check_compatible(given, model_config_json: Mapping, name: str) -> None:
   from jaxdiff import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   changes = [c for c in workdir_lib.config_changes(
       model_config_json, config_lib.to_json(given))
-             if any(c[0] == k or c[0].startswith(k + ".") for k in SAME)]
+             if any(c[0] == k or c[0].startswith(k + ".") for k in SAME)
+             and not workdir_lib.is_resumable(c[0])]
   if changes:
     raise ValueError(
         f"Pretrained model {name!r} is a different network or process than "

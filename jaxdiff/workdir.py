@@ -47,6 +47,7 @@ RESUMABLE = frozenset({
     "training.lr_decay_start", "training.keep_checkpoints",
     "training.max_nonfinite", "training.resume_with_changes",
     "init_from",  # read only when the workdir has no checkpoint yet
+    "model.kwargs.attention",  # the same attention, another kernel
     "eval", "viz", "classify", "denoise", "likelihood"})
 
 # errno -> (verb, what happened, what to do) of the file-system faults a user

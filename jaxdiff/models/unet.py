@@ -3,6 +3,7 @@ self-attention at chosen resolutions, sinusoidal time embedding and optional
 class conditioning. The network only sees (x, t, y); it knows no SDE."""
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Optional, Sequence
 
@@ -57,16 +58,57 @@ def attention(query, key, value, bias=None, mask=None, **kwargs):
   return jnp.swapaxes(weights.astype(dtype) @ v, 1, 2)
 
 
+def fused_attention(query, key, value, bias=None, mask=None, *,
+                    implementation: str = "xla", **kwargs):
+  """`jax.nn.dot_product_attention` with the given implementation ("xla", or
+  "cudnn": cuDNN's fused kernel on NVIDIA GPUs). Arguments as flax's
+  `attention_fn`; query, key, value are [B, L, heads, D]."""
+  if kwargs.get("dropout_rate", 0.):
+    return nn.dot_product_attention(query, key, value, bias, mask, **kwargs)
+  dtype = kwargs.get("dtype") or query.dtype
+  q, k, v = (a.astype(dtype) for a in (query, key, value))
+  return jax.nn.dot_product_attention(q, k, v, bias, mask,
+                                      implementation=implementation)
+
+
+# config.model.kwargs.attention -> the U-Net's attention function.
+ATTENTION = {
+    "matmul": attention,
+    "xla": functools.partial(fused_attention, implementation="xla"),
+    "cudnn": functools.partial(fused_attention, implementation="cudnn"),
+}
+
+
+def attention_fn(name: str):
+  """The attention function named `name` (a key of `ATTENTION`); "cudnn"
+  only where JAX's default backend is a GPU (ValueError elsewhere)."""
+  if name not in ATTENTION:
+    raise ValueError(f"Unknown attention implementation {name!r}; use one of "
+                     f"{', '.join(ATTENTION)}.")
+  if name == "cudnn" and jax.default_backend() != "gpu":
+    raise ValueError(
+        f"attention='cudnn' needs an NVIDIA GPU (cuDNN), but JAX runs on "
+        f"{jax.default_backend()}: use attention='xla' or 'matmul'.")
+  return ATTENTION[name]
+
+
 class AttnBlock(nn.Module):
+  """GroupNorm, multi-head self-attention over the H x W positions, residual.
+
+  `attention` picks the implementation (see `ATTENTION`); it changes no
+  parameter, so checkpoints load whichever is used.
+  """
   num_heads: int
   dtype: jnp.dtype = jnp.float32
+  attention: str = "matmul"
 
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
     y = nn.GroupNorm(_groups(c), dtype=self.dtype)(x).reshape(b, h * w, c)
     y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, attention_fn=attention,
+        num_heads=self.num_heads, dtype=self.dtype,
+        attention_fn=attention_fn(self.attention),
         out_kernel_init=nn.initializers.zeros)(y, y)
     return x + y.reshape(b, h, w, c)
 
@@ -86,6 +128,9 @@ class UNet(nn.Module):
     remat: recompute each residual block's activations in the backward pass
       instead of storing them (less memory, about one more forward of time);
       the parameters are the same either way.
+    attention: the attention implementation: "matmul" (batched matmuls, the
+      default), "xla" (`jax.nn.dot_product_attention` with XLA) or "cudnn"
+      (its cuDNN fused kernel, NVIDIA GPUs only); same parameters for all.
   """
   ch: int = 64
   ch_mult: Sequence[int] = (1, 2, 2)
@@ -97,6 +142,7 @@ class UNet(nn.Module):
   time_scale: float = 1000.0
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  attention: str = "matmul"
 
   @nn.compact
   def __call__(self, x, t, y=None, *, train: bool = False):
@@ -109,6 +155,9 @@ class UNet(nn.Module):
       return block_cls(out_ch, self.dropout, self.dtype,
                        name=f"ResBlock_{next(count)}")(h, emb, train)
 
+    def attn_block(h):
+      return AttnBlock(self.num_heads, self.dtype, self.attention)(h)
+
     emb = ConditionEmbedding(self.ch, self.num_classes, self.time_scale,
                              self.dtype)(t, y)
     h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
@@ -117,20 +166,20 @@ class UNet(nn.Module):
       for _ in range(self.num_res_blocks):
         h = res_block(h, self.ch * mult)
         if h.shape[1] in self.attn_resolutions:
-          h = AttnBlock(self.num_heads, self.dtype)(h)
+          h = attn_block(h)
         skips.append(h)
       if level != len(self.ch_mult) - 1:
         h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
         skips.append(h)
     h = res_block(h, h.shape[-1])
-    h = AttnBlock(self.num_heads, self.dtype)(h)
+    h = attn_block(h)
     h = res_block(h, h.shape[-1])
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for _ in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
         h = res_block(h, self.ch * mult)
         if h.shape[1] in self.attn_resolutions:
-          h = AttnBlock(self.num_heads, self.dtype)(h)
+          h = attn_block(h)
       if level != 0:
         skip_hw = skips[-1].shape[1:3]
         h = jax.image.resize(h, (h.shape[0], *skip_hw, h.shape[-1]), "nearest")
