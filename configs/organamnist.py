@@ -86,6 +86,7 @@ def get_config(variant: str = ""):
     c.sampling.batch_size = 16
     c.training.num_train_steps = 20   # fine-tuning: 10, then resumed to 20
     c.training.lr = 1e-4
+    c.training.lr_decay = "none"
     c.training.warmup_steps = 0
     c.training.log_every = 5
     c.training.sample_every = 0

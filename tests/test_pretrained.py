@@ -168,8 +168,8 @@ def test_demo_mode_writes_its_pictures_and_numbers(shipped, tmp_path):
   for name in ("denoise.png", "denoise.json", "samples.png",
                "train/loss.png", "train/metrics.jsonl"):
     assert (out / name).is_file(), name
-  assert set(summary) == {"noisy", "Tweedie (1 step)", "posterior sample",
-                          "mean of 2 samples"}
+  assert set(summary) == {"noisy", "Tweedie (1 step)", "one sample",
+                          "mean of 2"}
   # The noisy column scores the protocol's sigma = 0.3 (about 17 dB).
   assert 15.0 < summary["noisy"]["psnr"] < 19.0
   steps = [json.loads(l)["step"] for l in

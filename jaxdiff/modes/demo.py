@@ -73,12 +73,11 @@ def denoise_strip(s: settings_lib.Settings, trained, workdir: str) -> dict:
                               jax.random.key(s.seed), ds.num_posterior)
   draws = np.asarray(draws)
   columns = {"noisy": noisy, "Tweedie (1 step)": np.asarray(tweedie),
-             "posterior sample": draws[0],
-             f"mean of {len(draws)} samples": draws.mean(0)}
+             "one sample": draws[0], f"mean of {len(draws)}": draws.mean(0)}
   metrics = {k: {m: np.asarray(v) for m, v in protocol.image_metrics(
       jnp.asarray(c), jnp.asarray(x)).items()} for k, c in columns.items()}
   std = draws.std(0)
-  columns[f"posterior std (0..{STD_RANGE})"] = np.clip(
+  columns[f"std (0..{STD_RANGE})"] = np.clip(
       std / STD_RANGE * 2 - 1, -1, 1)
   columns["clean"] = x
   out = os.path.join(workdir, "denoise.png")
