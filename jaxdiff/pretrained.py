@@ -249,9 +249,10 @@ def check_images(config, data_dir: Optional[str] = None, num: int = 32
                  ) -> np.ndarray:
   """The first `num` test images of the config's data set (uint8)."""
   from jaxdiff import data as data_lib  # pylint: disable=g-import-not-at-top
-  s = config_lib.typed(config)
-  return data_lib.load(s.data.name, "test", data_dir=data_dir, limit=num,
-                       **s.data.load_kwargs()).images
+  d = config_lib.typed(config).data
+  if data_dir:
+    d = dataclasses.replace(d, data_dir=data_dir)
+  return data_lib.config_split(d, "test", num).images
 
 
 def _main(argv):

@@ -13,6 +13,7 @@ from jaxdiff.data.datasets import Dataset
 from jaxdiff.data.datasets import default_data_dir
 from jaxdiff.data.datasets import FASHION_MNIST_CLASSES
 from jaxdiff.data.datasets import load
+from jaxdiff.data.datasets import config_split
 from jaxdiff.data.datasets import MEDMNIST_CLASSES
 from jaxdiff.data.datasets import MEDMNIST_FLAGS
 from jaxdiff.data.datasets import ORGANAMNIST_CLASSES

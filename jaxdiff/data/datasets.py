@@ -217,6 +217,24 @@ def _load_idx(name: str, class_names: Sequence[str], data_dir: str,
   return make_dataset(images, labels, class_names, directory, limit)
 
 
+def config_split(d, split: str, limit: Optional[int] = None) -> Dataset:
+  """Split `split` of the config's data set (`d`: config.data's settings:
+  name, data_dir, load_kwargs(), image_shape), its first `limit` images.
+
+  Raises:
+    ValueError: the images do not have the shape the config gives.
+  """
+  ds = load(d.name, split, data_dir=d.data_dir or None, limit=limit or None,
+            **d.load_kwargs())
+  h, w, c = ds.images.shape[1:]
+  if (h, w, c) != tuple(d.image_shape):
+    raise ValueError(
+        f"Data set {d.name!r} has images {h}x{w}x{c} but the config asks for "
+        f"{'x'.join(map(str, d.image_shape))}; set config.data.image_size / "
+        "config.data.channels.")
+  return ds
+
+
 @DATASETS.register("mnist")
 def load_mnist(data_dir: str, split: str = "train", *,
                limit: Optional[int] = None) -> Dataset:

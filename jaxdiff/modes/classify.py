@@ -27,13 +27,7 @@ from jaxdiff import viz
 def _load_images(s: settings_lib.Settings) -> data_lib.Dataset:
   """The images to classify; ValueError when they do not fit the model."""
   dc, cs = s.data, s.classify
-  ds = data_lib.load(dc.name, cs.split, data_dir=dc.data_dir or None,
-                     limit=cs.num_images, **dc.load_kwargs())
-  if ds.images.shape[1:] != dc.image_shape:
-    raise ValueError(
-        f"Data set {dc.name!r} has images {ds.images.shape[1:]} but the "
-        f"config asks for {dc.image_shape}; set config.data.image_size / "
-        "channels.")
+  ds = data_lib.config_split(dc, cs.split, cs.num_images)
   if ds.num_classes != dc.num_classes:
     raise ValueError(
         f"Data set {dc.name!r} has {ds.num_classes} classes but "

@@ -60,10 +60,8 @@ def _posterior(trained, problem, settings, y, key, k: int):
 def denoise_strip(s: settings_lib.Settings, trained, workdir: str) -> dict:
   """Writes denoise.png / denoise.json; returns the mean PSNR per column."""
   ds = s.denoise
-  data = data_lib.load(s.data.name, ds.data_split,
-                       data_dir=s.data.data_dir or None, limit=ds.num_images,
-                       **s.data.load_kwargs())
-  x = data_lib.to_model_range(data.images)
+  x = data_lib.to_model_range(
+      data_lib.config_split(s.data, ds.data_split, ds.num_images).images)
   problem = inverse.make_problem(ds, s.data.image_shape)
   settings = inverse.method_settings(ds, config_lib.sampler_options(
       s.sampling, ds.sampler))

@@ -94,14 +94,8 @@ def _header(s: settings_lib.Settings, step: int, num_images: int,
 def _load_images(s: settings_lib.Settings) -> np.ndarray:
   """The first num_images images of the split, [N, H, W, C] in [-1, 1]."""
   ds = s.denoise
-  data = data_lib.load(s.data.name, ds.data_split,
-                       data_dir=s.data.data_dir or None, limit=ds.num_images,
-                       **s.data.load_kwargs())
-  x = data_lib.to_model_range(data.images)
-  if x.shape[1:] != s.data.image_shape:
-    raise ValueError(f"Data set images are {x.shape[1:]} but the model "
-                     f"expects {s.data.image_shape}; check config.data.")
-  return x
+  return data_lib.to_model_range(
+      data_lib.config_split(s.data, ds.data_split, ds.num_images).images)
 
 
 def _write_figures(out_dir: str, ds, x, outputs, results: Results):

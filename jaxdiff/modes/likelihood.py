@@ -127,13 +127,8 @@ def _batch_fn(ls, method: str, trained, t_eps) -> Callable:
 
 def _load_images(s, ls) -> np.ndarray:
   """The first num_images images of the split, uint8 [N, H, W, C]."""
-  data = data_lib.load(s.data.name, ls.data_split,
-                       data_dir=s.data.data_dir or None, limit=ls.num_images,
-                       **s.data.load_kwargs())
-  x = np.asarray(data.images)
-  if x.shape[1:] != s.data.image_shape:
-    raise ValueError(f"Data set images are {x.shape[1:]} but the model "
-                     f"expects {s.data.image_shape}; check config.data.")
+  x = np.asarray(data_lib.config_split(s.data, ls.data_split,
+                                   ls.num_images).images)
   if x.dtype != np.uint8:
     raise ValueError(f"--mode likelihood needs 8-bit images; {s.data.name} "
                      f"gave {x.dtype}.")

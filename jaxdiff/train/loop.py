@@ -52,15 +52,7 @@ def check_batch(batch_size: int, n_devices: int, n_images: int):
 
 def load_train_data(d: DataSettings) -> data_lib.Dataset:
   """The training images (uint8 [N, H, W, C]) and labels of `d`."""
-  ds = data_lib.load(d.name, d.split, data_dir=d.data_dir or None,
-                     limit=d.limit or None, **d.load_kwargs())
-  _, h, w, c = ds.images.shape
-  if (h, w, c) != d.image_shape:
-    raise ValueError(
-        f"Data set {d.name!r} has images {h}x{w}x{c} but the config asks for "
-        f"{d.image_size}x{d.image_size}x{d.channels}; set "
-        "config.data.image_size / config.data.channels.")
-  return ds
+  return data_lib.config_split(d, d.split, d.limit)
 
 
 class StopFlag:
