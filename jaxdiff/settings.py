@@ -36,6 +36,9 @@ def _dict(**kwargs) -> Any:
 class DataSettings:
   """`config.data`: which images, where from, their shape."""
   name: str = "mnist"
+  # files: the data set's files in data_dir | tfds: tensorflow_datasets
+  # (`pip install -e ".[download]"`), its files in <data_dir>/tfds
+  source: str = "files"
   data_dir: str = ""          # "" -> $JAXDIFF_DATA_DIR or ~/.cache/jaxdiff/data
   path: str = ""              # name 'folder': <path>[/<split>]/<class>/<image>
   split: str = "train"

@@ -12,6 +12,8 @@ with the path and what to do. Only numpy, Pillow and the standard library are
 used; nothing here imports JAX.
 
 Data root: `data_dir=`, else $JAXDIFF_DATA_DIR, else ~/.cache/jaxdiff/data.
+`load(..., source="tfds")` reads the data set through tensorflow_datasets
+instead (`download.load_tfds`), from `<data root>/tfds`.
 """
 from __future__ import annotations
 
@@ -127,14 +129,16 @@ def default_data_dir() -> str:
 
 
 def load(name: str, split: str = "train", *, data_dir: Optional[str] = None,
-         **kwargs) -> Dataset:
-  """Loads one split of a registered data set.
+         source: str = "files", **kwargs) -> Dataset:
+  """Loads one split of a registered data set, or of a TFDS one.
 
   Args:
     name: a name in `DATASETS`, e.g. "mnist", "cifar10", "organamnist",
-      "folder", "organamnist_small".
-    split: "train" or "test" (MedMNIST also "val").
+      "folder", "organamnist_small"; with source "tfds", also any TFDS name.
+    split: "train" or "test" (MedMNIST also "val"; TFDS: its splits).
     data_dir: the data root; defaults to `default_data_dir()`.
+    source: "files" (the files in the data root, fetched if missing where a
+      package can) or "tfds" (tensorflow_datasets, files in `<root>/tfds`).
     **kwargs: loader options, e.g. `limit=` (first N examples) or, for
       "folder", `path=`, `image_size=`, `channels=`.
 
@@ -142,14 +146,33 @@ def load(name: str, split: str = "train", *, data_dir: Optional[str] = None,
     The split as a `Dataset`.
 
   Raises:
-    ValueError: unknown name or split.
+    ValueError: unknown name, split or source.
     DataNotFoundError: the files are missing and could not be downloaded.
     DataError: a file is malformed.
   """
-  loader = DATASETS.get(name)
   root = (os.path.expanduser(os.fspath(data_dir)) if data_dir is not None
           else default_data_dir())
-  return loader(root, split, **kwargs)
+  if source == "tfds":
+    return _load_tfds(name, root, split, **kwargs)
+  if source != "files":
+    raise ValueError(f"Unknown data source {source!r} "
+                     "(config.data.source); use 'files' or 'tfds'.")
+  return DATASETS.get(name)(root, split, **kwargs)
+
+
+def _load_tfds(name: str, data_dir: str, split: str, *,
+               limit: Optional[int] = None, **options) -> Dataset:
+  """`name`'s split through tensorflow_datasets; class names: jaxdiff's for
+  its data sets, else TFDS's."""
+  if options:  # The folder's path=, image_size=, channels=.
+    raise ValueError(f"The source 'tfds' takes no {', '.join(options)}: "
+                     f"read {name!r} with the source 'files'.")
+  limit = _check_limit(limit)
+  images, labels, names = _download.load_tfds(
+      name, split, os.path.join(data_dir, "tfds"), limit=limit)
+  names = (class_names(name) or names
+           or tuple(map(str, range(int(labels.max(initial=-1)) + 1))))
+  return make_dataset(images, labels, names, f"tfds:{name}", limit)
 
 
 def _check_split(name: str, split: str, allowed: Sequence[str]) -> None:
@@ -219,13 +242,14 @@ def _load_idx(name: str, class_names: Sequence[str], data_dir: str,
 
 def config_split(d, split: str, limit: Optional[int] = None) -> Dataset:
   """Split `split` of the config's data set (`d`: config.data's settings:
-  name, data_dir, load_kwargs(), image_shape), its first `limit` images.
+  name, data_dir, source, load_kwargs(), image_shape), its first `limit`
+  images.
 
   Raises:
     ValueError: the images do not have the shape the config gives.
   """
-  ds = load(d.name, split, data_dir=d.data_dir or None, limit=limit or None,
-            **d.load_kwargs())
+  ds = load(d.name, split, data_dir=d.data_dir or None, source=d.source,
+            limit=limit or None, **d.load_kwargs())
   h, w, c = ds.images.shape[1:]
   if (h, w, c) != tuple(d.image_shape):
     raise ValueError(

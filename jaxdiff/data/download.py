@@ -1,15 +1,18 @@
-"""Errors, checksums, safe archive extraction and optional download fallbacks.
+"""Errors, checksums, safe archive extraction, tensorflow_datasets reading
+and optional download fallbacks.
 
-Everything here is stdlib + numpy. The download fallbacks only run when the
-relevant package (`tensorflow_datasets`, `medmnist`) is importable; every
-exception they raise is caught and turned into a note for the caller's
-`DataNotFoundError`, so a missing package or a machine without internet never
-crashes a load with an unrelated traceback.
+Everything here is stdlib + numpy. The packages (`tensorflow_datasets`,
+`medmnist`) are imported only when used. `load_tfds` (the source "tfds")
+turns whatever TFDS raises into one `DataNotFoundError` / `ValueError` line;
+the download fallbacks of the source "files" catch every exception and turn it
+into a note for the caller's `DataNotFoundError`, so a missing package or a
+machine without internet never crashes a load with an unrelated traceback.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import posixpath
 import tarfile
@@ -247,9 +250,133 @@ def _import_optional(module: str):
     return None
 
 
+# jaxdiff's names of the data sets TFDS holds under another name (the same
+# files: MedMNIST v2's pneumoniamnist.npz).
+TFDS_NAMES: Dict[str, str] = {"pneumoniamnist": "pneumonia_mnist"}
+TFDS_INSTALL = 'pip install -e ".[download]"'
+_TF_INSTALL = "pip install tensorflow-cpu"
+
+
+def _tensorflow_installed() -> bool:
+  """Whether TensorFlow is importable (looked up, not imported: slow)."""
+  try:
+    return importlib.util.find_spec("tensorflow") is not None
+  except (ImportError, ValueError):
+    return False
+
+
+def _one_line(e: BaseException) -> str:
+  return f"{type(e).__name__}: {' '.join(str(e).split()[:60])}"
+
+
+def _read_data_source(source, limit: Optional[int]
+                      ) -> Tuple[np.ndarray, np.ndarray,
+                                 Optional[Tuple[str, ...]]]:
+  """The first `limit` examples (all: None) of a `tfds.data_source`."""
+  info = source.dataset_info
+  keys = info.supervised_keys
+  image_key, label_key = (keys if isinstance(keys, tuple) and len(keys) == 2
+                          else ("image", "label"))
+  n = len(source) if limit is None else min(len(source), max(limit, 1))
+  examples = []
+  for start in range(0, n, 4096):  # one batched read per 4096 records
+    examples += source.__getitems__(list(range(start, min(n, start + 4096))))
+  if not examples:
+    raise DataError(f"{info.name}: the split has no examples.")
+  try:
+    images = np.stack([np.asarray(ex[image_key]) for ex in examples])
+  except ValueError as e:
+    raise DataError(f"{info.name}: images of different sizes ({e}); jaxdiff "
+                    "needs one size (the 'folder' data set resizes).") from e
+  labels = np.asarray([ex[label_key] for ex in examples], np.int64)
+  names = getattr(info.features[label_key], "names", None)
+  return images, labels, tuple(names) if names else None
+
+
+def _tfds_failed(tfds, name: str, split: str, data_dir: str,
+                 e: Exception) -> DataNotFoundError:
+  """The one-line error of a `tfds.data_source` that failed without TF."""
+  try:
+    prepared = tfds.builder(name, data_dir=data_dir).is_prepared()
+  except Exception:  # pylint: disable=broad-except
+    prepared = True
+  if not prepared:
+    return DataNotFoundError(
+        f"tfds:{name} {split!r}: not prepared in {data_dir}, and TFDS needs "
+        f"TensorFlow to download and prepare it: `{_TF_INSTALL}` (reading "
+        "needs no TensorFlow afterwards), or put a copy prepared with "
+        "file_format='array_record' there.")
+  hint = (f" Data prepared as TFRecord is read with TensorFlow: "
+          f"`{_TF_INSTALL}`." if isinstance(e, NotImplementedError) else "")
+  return DataNotFoundError(f"tfds:{name} {split!r}: tensorflow_datasets "
+                           f"failed: {_one_line(e)}.{hint}")
+
+
+def load_tfds(name: str, split: str, data_dir: str, *,
+              limit: Optional[int] = None
+              ) -> Tuple[np.ndarray, np.ndarray, Optional[Tuple[str, ...]]]:
+  """Reads a split with `tensorflow_datasets`, without TensorFlow if it can.
+
+  `tfds.data_source` reads a data set prepared as array_record files by
+  random access, without TensorFlow; TFDS needs TensorFlow to download and
+  prepare one (it encodes the images with it), so that happens only when
+  TensorFlow is installed. Without `tfds.data_source` (tensorflow_datasets
+  < 4.9), or where it fails and TensorFlow is installed (e.g. data prepared
+  as TFRecord), `tfds.load(..., batch_size=-1)` reads the split.
+
+  Args:
+    name: the TFDS name, or jaxdiff's where `TFDS_NAMES` maps it.
+    split: a TFDS split: "train", "test", "train[:10%]", ...
+    data_dir: TFDS's data directory.
+    limit: read only the first `limit` examples (None: all).
+
+  Returns:
+    (images [N, H, W, C] uint8, labels [N] int64, the label names or None).
+
+  Raises:
+    DataNotFoundError: tensorflow_datasets is not installed, or the split
+      could not be read (the message says why).
+    ValueError: TFDS has no data set `name`.
+  """
+  tfds = _import_optional("tensorflow_datasets")
+  if tfds is None:
+    raise DataNotFoundError(f"tfds:{name}: tensorflow_datasets is not "
+                            f"installed; install it with `{TFDS_INSTALL}`.")
+  name = TFDS_NAMES.get(name, name)
+  has_tf = _tensorflow_installed()
+  unknown = getattr(getattr(tfds, "core", None), "DatasetNotFoundError", ())
+  try:
+    source = None
+    if hasattr(tfds, "data_source"):
+      try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir,
+                                  download=has_tf)
+      except unknown:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        if not has_tf:
+          raise _tfds_failed(tfds, name, split, data_dir, e) from e
+    if source is not None:
+      return _read_data_source(source, limit)
+    arrays = tfds.as_numpy(tfds.load(name, split=split, batch_size=-1,
+                                     data_dir=data_dir))
+  except unknown as e:
+    raise ValueError(
+        f"TFDS has no data set {name!r} (tfds.list_builders() names them); "
+        "for jaxdiff's own data sets use the source 'files' "
+        "(--config.data.source=files).") from e
+  except (DataError, DataNotFoundError):
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataNotFoundError(f"tfds:{name} {split!r}: tensorflow_datasets "
+                            f"failed: {_one_line(e)}") from e
+  images = np.asarray(arrays["image"])[:limit]  # [N, H, W(, C)]
+  return images, np.asarray(arrays["label"])[:limit].astype(np.int64), None
+
+
 def try_tfds(name: str, split: str, data_dir: str
              ) -> Tuple[Optional[Tuple[np.ndarray, np.ndarray]], str]:
-  """Fetches a split with `tensorflow_datasets` if it is installed.
+  """`load_tfds` for a missing file: a note instead of an exception.
 
   Args:
     name: the TFDS name ("mnist", "fashion_mnist", "cifar10").
@@ -261,20 +388,15 @@ def try_tfds(name: str, split: str, data_dir: str
     `((images [N, H, W, C] uint8, labels [N] int32), note)` on success, else
     `(None, note)` where the note says why, for an error message.
   """
-  tfds = _import_optional("tensorflow_datasets")
-  if tfds is None:
-    return None, "tensorflow_datasets is not installed"
   try:
-    ds = tfds.load(name, split=split, batch_size=-1,
-                   data_dir=os.path.join(data_dir, "tfds"))
-    arrays = tfds.as_numpy(ds)
-    images = np.asarray(arrays["image"], dtype=np.uint8)  # [N, H, W, C]
-    labels = np.asarray(arrays["label"]).astype(np.int32)  # [N]
-    if images.ndim == 3:
-      images = images[..., None]
-    return (images, labels), "tensorflow_datasets succeeded"
+    images, labels, _ = load_tfds(name, split,
+                                  os.path.join(data_dir, "tfds"))
   except Exception as e:  # pylint: disable=broad-except
-    return None, f"tensorflow_datasets failed: {type(e).__name__}: {e}"
+    return None, " ".join(str(e).split())
+  if images.ndim == 3:
+    images = images[..., None]
+  return ((images.astype(np.uint8), labels.astype(np.int32)),
+          "tensorflow_datasets succeeded")
 
 
 def try_medmnist(flag: str, root: str) -> Tuple[Optional[str], str]:
