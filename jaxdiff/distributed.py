@@ -147,7 +147,12 @@ def is_main() -> bool:
 
 
 def any_process(flag: bool) -> bool:
-  """True on every process if `flag` is true on any (a no-op on one host)."""
+  """True on every process if `flag` is true on any (a no-op on one host).
+
+  On several hosts a collective that every process must call: it waits for
+  the work queued on the devices and for the other hosts, so a loop that
+  calls it every step loses asynchronous dispatch.
+  """
   if jax.process_count() == 1:
     return bool(flag)
   flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))

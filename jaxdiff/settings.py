@@ -130,6 +130,10 @@ class TrainingSettings:
   checkpoint_every: int = 1000
   keep_checkpoints: int = 3
   max_nonfinite: int = 10     # stop after this many bad steps in a row
+  # Several processes agree on a stop request (a collective) only every N
+  # steps, so that the others never wait on the host; 0: log_every. A stop
+  # then takes up to N steps: keep them within the cluster's grace period.
+  stop_sync_every: int = 0
   # Resume although keys that change results differ from the workdir's
   # config.json (see jaxdiff.workdir.RESUMABLE); the changes are printed.
   resume_with_changes: bool = False
@@ -145,7 +149,7 @@ class TrainingSettings:
     if self.max_nonfinite < 1:
       raise ValueError("config.training.max_nonfinite must be >= 1.")
     for name in ("num_train_steps", "checkpoint_every", "sample_every",
-                 "warmup_steps"):
+                 "warmup_steps", "stop_sync_every"):
       if getattr(self, name) < 0:
         raise ValueError(f"config.training.{name} must be >= 0.")
     return self

@@ -46,6 +46,7 @@ RESUMABLE = frozenset({
     "training.sample_every", "training.num_train_steps",
     "training.lr_decay_start", "training.keep_checkpoints",
     "training.max_nonfinite", "training.resume_with_changes",
+    "training.stop_sync_every",
     "init_from",  # read only when the workdir has no checkpoint yet
     "model.kwargs.attention",  # the same attention, another kernel
     "eval", "viz", "classify", "denoise", "likelihood"})

@@ -4,8 +4,9 @@ A hook is called by the loop as `hook(step, state, record)` after each
 dispatch that reaches a multiple of its period `every` (0: never) and, with
 `at_end`, after the last one. `record` summarises the metrics since the last
 summary (host floats); it is None unless a hook due at this step
-`needs_record`. Every process calls every hook; only process 0 writes files
-and prints.
+`needs_record`. A hook without `run_when_stopping` is skipped at the step
+where a stop request ends the loop. Every process calls every hook; only
+process 0 writes files and prints.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Hook:
   every: int = 0
   at_end: bool = False
   needs_record: bool = True
+  run_when_stopping: bool = True
 
   def due(self, step: int, n: int, total: int) -> bool:
     """Whether the dispatch of `n` steps that ended at `step` reached a
@@ -278,7 +280,7 @@ def write_loss_curve(workdir: str) -> None:
 
 
 class Sample(Hook):
-  """Every `sample_every` steps (unless stopping): a grid of samples in
+  """Every `sample_every` steps (not when stopping): a grid of samples in
   `samples/step_XXXXXXX.png` (key: fold_in(sample key, step)), and loss.png;
   with a TensorBoard writer `board`, the grid as its image "train/samples".
 
@@ -286,19 +288,16 @@ class Sample(Hook):
   process the batch is split over the training mesh.
   """
   needs_record = False
+  run_when_stopping = False
 
   def __init__(self, s: Settings, workdir: str, apply_fn, process, mesh,
-               stop, clock: Clock,
-               board: Optional[tensorboard_lib.Writer] = None):
-    self.s, self.workdir, self.stop, self.clock = s, workdir, stop, clock
+               clock: Clock, board: Optional[tensorboard_lib.Writer] = None):
+    self.s, self.workdir, self.clock = s, workdir, clock
     self.board = board
     self.every = s.training.sample_every
     self.sample_fn = trained_lib.make_sample_fn(
         s, apply_fn, process, mesh=mesh if jax.process_count() == 1 else None)
     self.key = run_keys(s.seed)[2]
-
-  def due(self, step, n, total):
-    return super().due(step, n, total) and not self.stop.requested
 
   def __call__(self, step, state, record):
     from jaxdiff import viz  # pylint: disable=g-import-not-at-top

@@ -56,7 +56,8 @@ def load_train_data(d: DataSettings) -> data_lib.Dataset:
 
 
 class StopFlag:
-  """Turns SIGTERM/SIGINT into a request to stop after the current step.
+  """Turns SIGTERM/SIGINT into a request to stop after the current step
+  (with several processes, at the next step they agree on: `StopAgreement`).
 
   A second SIGINT raises KeyboardInterrupt (an impatient Ctrl-C).
   """
@@ -110,30 +111,82 @@ def check_finite(record: Dict[str, float], step: int, max_nonfinite: int,
       "data for NaNs.")
 
 
+class StopAgreement:
+  """When the training loop stops on a stop request (`StopFlag`).
+
+  One process stops as soon as it is asked to: `stopping` is its own
+  `stop.requested`, read when the loop looks, without a collective.
+
+  Several processes must stop after the same step and save the same
+  checkpoint, but a signal reaches each at its own time (or only one). They
+  exchange their requests (`distributed.any_process`, a collective that
+  waits for the devices and the other hosts) only before the first dispatch
+  and after each dispatch that reaches a multiple of `every`. In between,
+  `stopping` stays False without waiting on anything, so the host keeps
+  dispatching ahead of the devices. The price is the stop latency: a stop
+  takes effect up to `every` steps after the request (one dispatch, if
+  that is longer). The training loop passes
+  `config.training.stop_sync_every`, by default `log_every`, steps at which
+  it waits for the metrics anyway; on a cluster keep that many steps well
+  within the grace period between SIGTERM and the kill.
+
+  When the processes agree to stop, `stop.requested` is set on every
+  process, so the code after the loop decides the same everywhere.
+  """
+
+  def __init__(self, stop: StopFlag, every: int = 1):
+    if every < 1:
+      raise ValueError(f"StopAgreement: every={every} must be >= 1.")
+    self.stop, self.every = stop, every
+    self.one_process = jax.process_count() == 1
+    self.agreed = False
+
+  def update(self, step: int, n: int) -> None:
+    """Called after the dispatch of `n` steps that ended at `step` (`n` = 0:
+    before the first). On several processes at an agreement step, every
+    process must call it (a collective)."""
+    if self.one_process or not (n == 0 or step % self.every < n):
+      return
+    self.agreed = distributed.any_process(self.stop.requested)
+    if self.agreed:
+      self.stop.requested = True
+
+  @property
+  def stopping(self) -> bool:
+    """Whether the loop stops after the current dispatch (the same on every
+    process)."""
+    return self.stop.requested if self.one_process else self.agreed
+
+
 def run_loop(state: TrainState, dispatch: Dispatch,
              hooks: Sequence[hooks_lib.Hook], *, total: int,
              per_dispatch: int, max_nonfinite: int, stop: StopFlag,
-             ckpt) -> Tuple[TrainState, int]:
+             ckpt, agree_every: int = 1) -> Tuple[TrainState, int]:
   """Trains from `state.step` to `total`, calling the hooks when due.
 
   The metrics stay on the devices until a hook due at a step needs them;
   then they are summarised, checked (`check_finite`) and handed to every
-  hook due. A stop request (on any process) ends the loop before the next
-  dispatch.
+  hook due. A stop request ends the loop after the current dispatch on one
+  process; on several, every process ends after the same dispatch, the
+  first after the request that reaches a multiple of `agree_every`
+  (`StopAgreement`). The hooks due at that step run, except those that do
+  not `run_when_stopping`.
 
   Returns:
     (the last state, its step).
   """
   step = int(state.step)
+  agreement = StopAgreement(stop, agree_every)
+  agreement.update(step, 0)
   pending = []
-  while step < total:
-    if distributed.any_process(stop.requested):
-      break
+  while step < total and not agreement.stopping:
     n = min(per_dispatch, total - step)
     state, metrics = dispatch(state, n)
     step += n
     pending.append(metrics)
-    due = [hook for hook in hooks if hook.due(step, n, total)]
+    agreement.update(step, n)
+    due = [hook for hook in hooks if hook.due(step, n, total)
+           and (hook.run_when_stopping or not agreement.stopping)]
     record = None
     if any(hook.needs_record for hook in due):
       record, pending = summarise(pending), []
@@ -200,8 +253,8 @@ def _dispatcher(s: Settings, ds, apply_fn, tx, process, mesh) -> Dispatch:
   return lambda state, n: train_fn(n)(state, images, labels)
 
 
-def _hooks(s: Settings, workdir: str, ckpt, config_json: dict, stop,
-           apply_fn, process, mesh, step: int) -> List[hooks_lib.Hook]:
+def _hooks(s: Settings, workdir: str, ckpt, config_json: dict, apply_fn,
+           process, mesh, step: int) -> List[hooks_lib.Hook]:
   """Clock, log, progress bar, checkpoints and samples, in this order."""
   tc = s.training
   console = hooks_lib.Console(tc.num_train_steps, step)
@@ -210,7 +263,7 @@ def _hooks(s: Settings, workdir: str, ckpt, config_json: dict, stop,
                       lr_schedule(tc), clock, console, initial=step)
   return [clock, log, console,
           hooks_lib.Save(ckpt, tc.checkpoint_every, config_json, console),
-          hooks_lib.Sample(s, workdir, apply_fn, process, mesh, stop, clock,
+          hooks_lib.Sample(s, workdir, apply_fn, process, mesh, clock,
                            board=log.board)]
 
 
@@ -323,7 +376,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir's lock (`jaxdiff.workdir.Lock`) from the start: a second run on
   it fails at once. A stop signal (SIGTERM, Ctrl-C) from the start on ends
   the run after the current step with a checkpoint, or before the first
-  with nothing saved. Every process of a multi-host run calls this;
+  with nothing saved; with several processes, after the first step past
+  the signal that is a multiple of `stop_sync_every` (default `log_every`;
+  `StopAgreement`), the
+  same on every process. Every process of a multi-host run calls this;
   process 0 writes the logs, metrics.jsonl, loss.png, config.json and
   sample grids.
 
@@ -381,13 +437,14 @@ def _train(s: Settings, workdir: str, config_json: dict,
     hooks_lib.unsaved_reason(state)  # Compiles the NaN/Inf check untimed.
     start, resumed = int(state.step), ckpt.latest_step() is not None
     dispatch = _dispatcher(s, ds, apply_fn, tx, process, mesh)
-    hooks = _hooks(s, workdir, ckpt, config_json, stop, apply_fn, process,
-                   mesh, start)
+    hooks = _hooks(s, workdir, ckpt, config_json, apply_fn, process, mesh,
+                   start)
     try:
       state, step = run_loop(
           state, dispatch, hooks, total=tc.num_train_steps,
           per_dispatch=tc.steps_per_dispatch,
-          max_nonfinite=tc.max_nonfinite, stop=stop, ckpt=ckpt)
+          max_nonfinite=tc.max_nonfinite, stop=stop, ckpt=ckpt,
+          agree_every=tc.stop_sync_every or tc.log_every)
       if step > start or not stop.requested:
         for hook in hooks:
           hook.finish(step, state)
