@@ -28,6 +28,16 @@ Sections (each row: one measurement; a row that did not run says why in
     python benchmarks/accelerator_suite.py --quick         # CPU, tiny shapes
     python benchmarks/accelerator_suite.py --max_seconds 420  # a GPU/TPU run
     bash benchmarks/accelerator_suite.sh .whl 420          # on a device machine
+    python benchmarks/accelerator_suite.py --quick \\
+        --config.training.lambda_freq=0.0                  # overrides
+
+The networks are named (`--models`, `--torch_models`; `MODELS`), each with
+its config file; `--config.key=value` overrides are parsed as launch.py
+parses them (`jaxdiff.config.parse_config_args`) and apply to every config
+the suite builds (each checked against its own keys before anything runs).
+The suite's own settings are set after them and win: `model.dtype` (the
+row's dtype), the attention implementation, the train batch (`--batch`).
+There is no `--config` file argument. The JSON records the overrides.
 
 The JSON (default benchmarks/results/accelerator_<platform>_<date>.json) is
 rewritten after every row, so an interrupted run keeps what finished; with
@@ -286,12 +296,19 @@ def efficiency(flops: Optional[float], seconds: float, dtype: str,
 # --------------------------------------------------------------- training
 
 
+def model_spec(args, name: str) -> str:
+  return MODELS[name] + (":tiny" if args.quick else "")
+
+
 def model_config(args, name: str, dtype: str, attention: str = "matmul"):
-  spec = MODELS[name] + (":tiny" if args.quick else "")
-  config = tt.load_config(spec)
+  """(spec, config) of network `name`: its config file with the run's
+  --config overrides, then the row's compute dtype and attention."""
+  spec = model_spec(args, name)
+  config = tt.load_config(spec, args.config_overrides)
   config.model.dtype = dtype
   if attention != "matmul":
-    config.model.kwargs.attention = attention
+    with config.unlocked():  # A key the config's kwargs may lack.
+      config.model.kwargs.attention = attention
   return spec, config
 
 
@@ -427,7 +444,7 @@ def measure_torch(args, peaks, name: str, dtype: str, mode: str, device: str
       quick=args.quick, batch=args.batch, bf16=dtype == "bfloat16",
       seed=0, warmup=1, repeats=args.repeats, block=args.block,
       device=device, torch_compile=args.torch_compile_mode
-      if mode == "compile" else "")
+      if mode == "compile" else "", config_overrides=args.config_overrides)
   cuda = device == "cuda"
   if cuda:
     cp.torch.cuda.reset_peak_memory_stats()
@@ -517,7 +534,10 @@ def print_table(result: Dict[str, Any]) -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      allow_abbrev=False,
+      epilog="--config.KEY=VALUE overrides (as in launch.py) apply to every "
+      "config the suite builds.")
   p.add_argument("--quick", action="store_true",
                  help="the configs' :tiny variants at batch 8, sampling 4 "
                  "steps at batch 8 and 16: a CPU smoke run of about a minute")
@@ -565,7 +585,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--matmul_n", type=int, default=None,
                  help="size of the peak matmuls (default 8192 on an "
                  "accelerator, 2048 on a CPU, 256 with --quick)")
-  return _resolve(p, p.parse_args(argv))
+  args, config_overrides = p.parse_known_args(argv)
+  args.config_overrides = config_overrides
+  return _resolve(p, args)
 
 
 def _resolve(p: argparse.ArgumentParser, a: argparse.Namespace
@@ -598,6 +620,12 @@ def _resolve(p: argparse.ArgumentParser, a: argparse.Namespace
   a.side_matmul_n = min(a.matmul_n, 1024)  # bench_config's per-config check
   if min(a.ks) < 1 or a.batch < 1:
     p.error("--batch and --steps_per_dispatch must be positive.")
+  names = {*a.models, "organamnist", *a.torch_models}  # + sampling, attention
+  try:  # Every config and override checked before anything is measured.
+    for name in sorted(names):
+      tt.load_config(model_spec(a, name), a.config_overrides)
+  except (ValueError, FileNotFoundError) as e:
+    p.error(str(e))
   if a.out is None:
     name = (f"accelerator_{jax.default_backend()}_"
             f"{datetime.date.today().isoformat()}"
@@ -626,6 +654,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   result = dict(
       suite="benchmarks/accelerator_suite.py", quick=args.quick,
       argv=list(sys.argv[1:] if argv is None else argv),
+      config_overrides=args.config_overrides,
       started=datetime.datetime.now().isoformat(timespec="seconds"),
       device=info, versions=versions(), complete=False,
       sections={s: [] for s in SECTIONS})

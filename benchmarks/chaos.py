@@ -30,6 +30,14 @@ depend on the machine's load and are recorded.
 
     python benchmarks/chaos.py                           # N = 20, 80 steps
     python benchmarks/chaos.py --interruptions 40 --steps 160 --seed 1
+    python benchmarks/chaos.py --config.training.checkpoint_every=3
+
+`--config path.py[:variant]` (default configs/organamnist.py:tiny) and
+`--config.key=value` overrides are handed to launch.py as given, after the
+chaos run's own settings (`overrides`: the bundled subset, a checkpoint
+every 2 steps, ...), so they win; the number of steps is --steps. The
+checks restore the state of the config parsed as launch.py parses it
+(`run_config`). Another data set needs `--config.data.name=...`.
 
 Each subprocess starts JAX anew; `JAX_COMPILATION_CACHE_DIR` (default
 `$TMPDIR/jaxdiff_chaos_jit_cache`, kept between runs) shortens the restarts.
@@ -39,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import platform
@@ -85,7 +92,7 @@ STARTUP_SIGTERM_RC = -signal.SIGTERM
 
 
 def overrides(steps: int) -> Dict[str, Any]:
-  """The config keys the chaos run sets on top of `CONFIG`."""
+  """The config keys the chaos run sets on top of its config file."""
   return {"data.name": "organamnist_small",
           "training.num_train_steps": steps,
           "training.checkpoint_every": 2,
@@ -94,23 +101,28 @@ def overrides(steps: int) -> Dict[str, Any]:
           "cpu_devices": 0}
 
 
-def launch_command(workdir: str, steps: int) -> List[str]:
+def config_args(steps: int, config: str = CONFIG,
+                extra: Sequence[str] = ()) -> List[str]:
+  """launch.py's config arguments of a run: the file, the chaos settings
+  (`overrides`), then the `--config.key=value` arguments `extra` (which
+  win)."""
+  return ["--config", config,
+          *(f"--config.{k}={v}" for k, v in overrides(steps).items()),
+          *extra]
+
+
+def launch_command(workdir: str, steps: int, config: str = CONFIG,
+                   extra: Sequence[str] = ()) -> List[str]:
   """The `launch.py` command line of a run (the same for every resume)."""
   return [sys.executable, os.path.join(ROOT, "launch.py"),
-          "--config", CONFIG, "--workdir", workdir,
-          *(f"--config.{k}={v}" for k, v in overrides(steps).items())]
+          *config_args(steps, config, extra), "--workdir", workdir]
 
 
-def run_config(steps: int):
-  """The ConfigDict that `launch_command` trains."""
-  config = config_lib.load_config_file(CONFIG, root=ROOT)
-  for key, value in overrides(steps).items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+def run_config(steps: int, config: str = CONFIG, extra: Sequence[str] = ()):
+  """The ConfigDict that `launch_command` trains: its config arguments
+  parsed by launch.py's parser (`jaxdiff.config.parse_config_args`)."""
+  return config_lib.parse_config_args(config_args(steps, config, extra),
+                                      root=ROOT)
 
 
 def child_env(cache_dir: str) -> Dict[str, str]:
@@ -290,15 +302,17 @@ def plain_attempt(cmd, env, log: str, timeout_s: float) -> Dict[str, Any]:
   return Attempt(cmd, env, log).finish(timeout_s)
 
 
-def chaos_run(workdir: str, steps: int, interruptions: Sequence[Interruption],
-              env: Dict[str, str], log_dir: str, *, jitter_s: float = 0.5,
-              startup_s: float = 8.0, timeout_s: float = 300.0,
-              echo: bool = True) -> Dict[str, Any]:
+def chaos_run(workdir: str, cmd: Sequence[str], target: train_lib.TrainState,
+              interruptions: Sequence[Interruption], env: Dict[str, str],
+              log_dir: str, *, jitter_s: float = 0.5, startup_s: float = 8.0,
+              timeout_s: float = 300.0, echo: bool = True) -> Dict[str, Any]:
   """Trains in `workdir`, interrupted as planned, then resumed to the end.
 
   Args:
     workdir: the run's work directory.
-    steps: training steps.
+    cmd: its `launch_command`.
+    target: the abstract TrainState its checkpoints restore into
+      (`target_state`).
     interruptions: the plan (`plan`).
     env: the subprocesses' environment (`child_env`).
     log_dir: where each attempt's stdout and stderr go.
@@ -315,7 +329,6 @@ def chaos_run(workdir: str, steps: int, interruptions: Sequence[Interruption],
     records, "final": the last attempt's record (None if the run ended
     before the last interruption)}.
   """
-  cmd = launch_command(workdir, steps)
   t_start = time.monotonic()
   attempts = []
   for it in interruptions:
@@ -325,7 +338,7 @@ def chaos_run(workdir: str, steps: int, interruptions: Sequence[Interruption],
         startup_s=startup_s, jitter_s=jitter_s, timeout_s=timeout_s)
     record["started_s"] = started_s
     record["ended_s"] = round(time.monotonic() - t_start, 3)
-    record.update(restore_check(workdir, steps))
+    record.update(restore_check(workdir, target))
     attempts.append(record)
     if record["first_step_s"] is not None:
       startup_s = record["first_step_s"]
@@ -338,12 +351,12 @@ def chaos_run(workdir: str, steps: int, interruptions: Sequence[Interruption],
     final = plain_attempt(cmd, env, os.path.join(log_dir, "final"),
                           timeout_s)
     final["ended_s"] = round(time.monotonic() - t_start, 3)
-    final.update(restore_check(workdir, steps))
+    final.update(restore_check(workdir, target))
     if echo:
       print(f"  final: rc {final['rc']}, resumed from "
             f"{final['resumed_from']}, steps {final['steps_logged']}, "
             f"{final['wall_s']:.1f} s", flush=True)
-  return dict(command=cmd, attempts=attempts, final=final)
+  return dict(command=list(cmd), attempts=attempts, final=final)
 
 
 def attempt_line(r: Dict[str, Any]) -> str:
@@ -380,17 +393,17 @@ def bit_differences(a, b) -> List[str]:
 PARTS = ("params", "ema_params", "opt_state", "step", "nonfinite")
 
 
-@functools.lru_cache(maxsize=None)
-def _target(steps: int) -> train_lib.TrainState:
-  """The abstract TrainState of the run (shapes and dtypes)."""
-  s = config_lib.typed(run_config(steps))
+def target_state(config) -> train_lib.TrainState:
+  """The abstract TrainState (shapes and dtypes) of a run of `config`."""
+  s = config_lib.typed(config)
   return train_lib.abstract_state(
       config_lib.build_model(s), train_lib.make_optimizer(s.training),
       s.data.image_shape)
 
 
-def restore_all(workdir: str, steps: int) -> Dict[str, Any]:
-  """Every kept checkpoint of a workdir, restored one by one.
+def restore_all(workdir: str, target: train_lib.TrainState
+                ) -> Dict[str, Any]:
+  """Every kept checkpoint of a workdir, restored one by one into `target`.
 
   Returns:
     {"steps": the kept steps, "states": {step: TrainState},
@@ -407,7 +420,7 @@ def restore_all(workdir: str, steps: int) -> Dict[str, Any]:
     kept = ckpt.all_steps()
     for step in kept:
       try:
-        state = ckpt.restore(_target(steps), step=step)
+        state = ckpt.restore(target, step=step)
       except Exception as e:  # pylint: disable=broad-except
         errors[step] = f"{type(e).__name__}: {str(e).strip()[:300]}"
         continue
@@ -426,9 +439,10 @@ def restore_all(workdir: str, steps: int) -> Dict[str, Any]:
                          and ".unreadable-" not in n])
 
 
-def restore_check(workdir: str, steps: int) -> Dict[str, Any]:
+def restore_check(workdir: str, target: train_lib.TrainState
+                  ) -> Dict[str, Any]:
   """`restore_all` without the states: what an attempt left behind."""
-  found = restore_all(workdir, steps)
+  found = restore_all(workdir, target)
   return dict(kept=found["steps"], set_aside=found["set_aside"],
               restore_errors={str(k): v for k, v in found["errors"].items()})
 
@@ -601,10 +615,12 @@ def check_metrics(records: Sequence[Dict[str, Any]], bad: Sequence[str],
 
 def check_run(run: Dict[str, Any], reference: Dict[str, Any],
               chaos_dir: str, reference_dir: str, steps: int,
-              n: int) -> Dict[str, Dict[str, Any]]:
+              n: int, target: train_lib.TrainState
+              ) -> Dict[str, Dict[str, Any]]:
   """Every check of the chaos run (`chaos_run`) against the reference."""
   attempts, final = run["attempts"], run["final"]
-  mine, ref = restore_all(chaos_dir, steps), restore_all(reference_dir, steps)
+  mine = restore_all(chaos_dir, target)
+  ref = restore_all(reference_dir, target)
   records, bad = read_metrics(chaos_dir)
   return dict(
       interruptions=check_interruptions(attempts, n),
@@ -623,6 +639,7 @@ def check_run(run: Dict[str, Any], reference: Dict[str, Any],
 
 
 def run(*, interruptions: int = 20, seed: int = 0, steps: int = 80,
+        config: str = CONFIG, config_overrides: Sequence[str] = (),
         workdir: Optional[str] = None, cache_dir: Optional[str] = None,
         max_new_steps: int = 4, jitter_s: float = 0.5,
         timeout_s: float = 300.0, echo: bool = True) -> Dict[str, Any]:
@@ -632,6 +649,9 @@ def run(*, interruptions: int = 20, seed: int = 0, steps: int = 80,
     interruptions: N.
     seed: the plan's seed.
     steps: training steps of both runs.
+    config: the config file ('path.py[:variant]') both runs train.
+    config_overrides: `--config.key=value` arguments for launch.py, after
+      the chaos settings (`config_args`).
     workdir: holds `chaos/`, `reference/` and `logs/` (must not hold the
       first two yet); default a new temporary directory.
     cache_dir: the JAX compilation cache of the subprocesses (default
@@ -656,23 +676,28 @@ def run(*, interruptions: int = 20, seed: int = 0, steps: int = 80,
       os.path.join(tempfile.gettempdir(), "jaxdiff_chaos_jit_cache"))
   env = child_env(cache_dir)
   schedule = plan(interruptions, seed, max_new_steps=max_new_steps)
+  extra = tuple(config_overrides)
+  target = target_state(run_config(steps, config, extra))
 
   t0 = time.perf_counter()
   loadavg_start = [round(v, 2) for v in os.getloadavg()]
   if echo:
     print(f"chaos: {interruptions} interruptions (seed {seed}), {steps} "
           f"steps, in {workdir}", flush=True)
-  chaos = chaos_run(chaos_dir, steps, schedule, env, log_dir,
-                    jitter_s=jitter_s, timeout_s=timeout_s, echo=echo)
+  chaos = chaos_run(chaos_dir, launch_command(chaos_dir, steps, config, extra),
+                    target, schedule, env, log_dir, jitter_s=jitter_s,
+                    timeout_s=timeout_s, echo=echo)
   if echo:
     print("  reference (uninterrupted) ...", flush=True)
-  reference = plain_attempt(launch_command(reference_dir, steps), env,
-                            os.path.join(log_dir, "reference"), timeout_s)
+  reference = plain_attempt(
+      launch_command(reference_dir, steps, config, extra), env,
+      os.path.join(log_dir, "reference"), timeout_s)
   checks = check_run(chaos, reference, chaos_dir, reference_dir, steps,
-                     interruptions)
+                     interruptions, target)
   return dict(
-      interruptions=interruptions, seed=seed, steps=steps, config=CONFIG,
-      overrides=overrides(steps), max_new_steps=max_new_steps,
+      interruptions=interruptions, seed=seed, steps=steps, config=config,
+      overrides=overrides(steps), config_overrides=list(extra),
+      max_new_steps=max_new_steps,
       jitter_s=jitter_s, workdir=workdir, jit_cache=cache_dir,
       command=chaos["command"], attempts=chaos["attempts"],
       final=chaos["final"], reference=reference,
@@ -694,10 +719,17 @@ def print_summary(result: Dict[str, Any]) -> None:
   print("PASSED" if result["passed"] else "FAILED")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  """The options; `config_overrides`: the `--config.key=value` arguments,
+  checked (with the chaos settings) by launch.py's parser."""
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      allow_abbrev=False)
+  parser.add_argument("--config", default=CONFIG, metavar="PATH[:VARIANT]",
+                      help=f"the config both runs train (default {CONFIG}); "
+                      "--config.KEY=VALUE overrides its keys, as in "
+                      "launch.py")
   parser.add_argument("--interruptions", type=int, default=20,
                       help="N, the number of interruptions (default 20)")
   parser.add_argument("--seed", type=int, default=0,
@@ -717,16 +749,36 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                       help="then up to this many seconds more")
   parser.add_argument("--timeout_s", type=float, default=300.0,
                       help="the longest wait for a step or an exit")
-  args = parser.parse_args(argv)
+  args, args.config_overrides = parser.parse_known_args(argv)
   if args.interruptions < 0 or args.steps < 1:
     parser.error("--interruptions must be >= 0 and --steps >= 1.")
+  if any(re.match(r"^-{1,2}config\.training\.num_train_steps(=|$)", a)
+         for a in args.config_overrides):
+    parser.error("give the number of steps as --steps.")
+  # launch.py runs in the repository's root: a relative path to a file
+  # from here (not the root's) becomes absolute.
+  path, colon, variant = args.config.partition(":")
+  if (os.path.exists(path)
+      and os.path.abspath(path) != os.path.join(ROOT, path)):
+    args.config = os.path.abspath(path) + colon + variant
+  try:
+    run_config(args.steps, args.config, args.config_overrides)
+  except (ValueError, FileNotFoundError) as e:
+    parser.error(str(e))
+  return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+  args = parse_args(argv)
   try:
     result = run(interruptions=args.interruptions, seed=args.seed,
-                 steps=args.steps, workdir=args.workdir,
+                 steps=args.steps, config=args.config,
+                 config_overrides=args.config_overrides, workdir=args.workdir,
                  max_new_steps=args.max_new_steps, jitter_s=args.jitter_s,
                  timeout_s=args.timeout_s)
   except FileExistsError as e:
-    parser.exit(2, f"chaos: error: {e}\n")
+    print(f"chaos: error: {e}", file=sys.stderr)
+    sys.exit(2)
   print_summary(result)
   if args.out:
     out = args.out if os.path.isabs(args.out) else os.path.join(ROOT,

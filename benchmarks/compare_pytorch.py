@@ -33,6 +33,15 @@ devices, as jaxdiff trains by default (`config.cpu_devices`).
     python benchmarks/compare_pytorch.py --quick        # tiny variants, smoke
     python benchmarks/compare_pytorch.py --cpu_devices 2  # cnn (128), unet (64)
     python benchmarks/compare_pytorch.py --cpu_devices 2 --bf16
+    python benchmarks/compare_pytorch.py --models unet \\
+        --config.model.kwargs.num_heads=4 --config.training.lambda_freq=0.0
+
+The models are named (`--models`, `MODELS`), each with its config file;
+`--config.key=value` overrides are parsed as launch.py parses them
+(`jaxdiff.config.parse_config_args`) and apply to the config of every model
+of the run (each checked against its own keys), so both the Flax network
+and its PyTorch mirror are built from the overridden config; the JSON
+records them. There is no `--config` file argument.
 
 Precision: fp32 by default. `--bf16` runs PyTorch under
 `torch.autocast("cpu", torch.bfloat16)` and JAX with the Flax model's
@@ -115,10 +124,10 @@ DEFAULT_OUT_BF16 = "benchmarks/results/compare_pytorch_bf16.json"
 # ------------------------------------------------------------------ set-up
 
 
-def load_config(spec: str):
-  """'path/to/config.py[:variant]' -> get_config(variant), relative to the
-  repository if need be."""
-  return config_lib.load_config_file(spec, root=ROOT)
+def load_config(spec: str, overrides: Sequence[str] = ()):
+  """'path/to/config.py[:variant]' (relative to the repository if need be)
+  with `--config.key=value` overrides, parsed as launch.py parses them."""
+  return config_lib.load_config_file(spec, root=ROOT, overrides=overrides)
 
 
 def quick_spec(spec: str) -> str:
@@ -692,13 +701,21 @@ def alternate(jax_fn: Callable[[], Any], torch_fn: Callable[[], Any], *,
 # ------------------------------------------------------------ benchmark
 
 
-def bench_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
-  """Builds both versions of one model, checks them and times both tasks."""
+def model_spec(name: str, args: argparse.Namespace) -> Tuple[str, int]:
+  """(config spec, batch) of the model `name` (`MODELS`) in this run."""
   spec, batch = MODELS[name]
   if args.quick:
     spec, batch = quick_spec(spec), QUICK_BATCH
-  batch = args.batch or batch
-  config = load_config(spec)
+  return spec, args.batch or batch
+
+
+def bench_model(name: str, args: argparse.Namespace, config=None
+                ) -> List[Dict[str, Any]]:
+  """Builds both versions of one model, checks them and times both tasks
+  (`config`, else its config file with `args.config_overrides`, if any)."""
+  spec, batch = model_spec(name, args)
+  if config is None:
+    config = load_config(spec, getattr(args, "config_overrides", ()))
   if config.training.conditional:
     raise ValueError(f"{spec}: only unconditional models are compared.")
   settings = config_lib.typed(config)
@@ -849,10 +866,16 @@ def print_table(result: Dict[str, Any]) -> None:
         "time); compile = JAX compilation, not in the step times")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+def parse_args(argv: Optional[Sequence[str]] = None):
+  """(the options, {model name: its config with the --config.key=value
+  overrides}), checked before anything is timed; exits with status 2 and
+  one line without PyTorch."""
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      allow_abbrev=False,
+      epilog="--config.KEY=VALUE overrides (as in launch.py) apply to every "
+      "model's config.")
   parser.add_argument("--models", default=DEFAULT_MODELS,
                       help=f"comma list of {', '.join(MODELS)} "
                       f"(default {DEFAULT_MODELS})")
@@ -891,7 +914,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--quick", action="store_true",
                       help="the configs' ':tiny' variants at batch "
                       f"{QUICK_BATCH}, 2 repeats: a smoke run")
-  args = parser.parse_args(argv)
+  args, args.config_overrides = parser.parse_known_args(argv)
   if torch is None:
     print(NO_TORCH, file=sys.stderr)
     sys.exit(2)
@@ -899,6 +922,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   for n in names:
     if n not in MODELS:
       parser.error(f"Unknown model {n!r}; use {', '.join(MODELS)}.")
+  try:
+    configs = {n: load_config(model_spec(n, args)[0], args.config_overrides)
+               for n in names}
+  except (ValueError, FileNotFoundError) as e:
+    parser.error(str(e))
   if args.repeats is None:
     args.repeats = 2 if args.quick else 5
   if args.block is None:
@@ -906,10 +934,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   if args.repeats < 1 or args.block < 1 or args.warmup < 0 or args.batch < 0:
     parser.error("--repeats and --block must be >= 1, --warmup and --batch "
                  ">= 0.")
-  out = args.out
-  if out is None and not args.quick:
-    out = DEFAULT_OUT_BF16 if args.bf16 else DEFAULT_OUT
+  if args.out is None and not args.quick:
+    args.out = DEFAULT_OUT_BF16 if args.bf16 else DEFAULT_OUT
+  return args, configs
 
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+  args, configs = parse_args(argv)
   if args.cpu_devices != 1:
     distributed.set_cpu_devices(args.cpu_devices)
   torch.set_num_threads(args.torch_threads)
@@ -917,7 +948,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   loadavg_start = [round(v, 2) for v in os.getloadavg()]
   t_start = time.perf_counter()
   with jax.default_device(jax.devices("cpu")[0]):
-    rows = [r for n in names for r in bench_model(n, args)]
+    rows = [r for n, config in configs.items()
+            for r in bench_model(n, args, config)]
   result = dict(
       platform="cpu", host=platform.node(), cpu_count=os.cpu_count(),
       jax_devices=jax.device_count(),
@@ -926,11 +958,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       torch_compile=args.torch_compile or None,
       torch_threads=torch.get_num_threads(),
       precision="bf16" if args.bf16 else "fp32", repeats=args.repeats,
-      block=args.block,
-      warmup=args.warmup, quick=args.quick, loadavg_start=loadavg_start,
+      block=args.block, warmup=args.warmup, quick=args.quick,
+      config_overrides=args.config_overrides, loadavg_start=loadavg_start,
       loadavg_end=[round(v, 2) for v in os.getloadavg()],
       total_s=time.perf_counter() - t_start, rows=rows)
   print_table(result)
+  out = args.out
   if out:
     out = out if os.path.isabs(out) else os.path.join(ROOT, out)
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -18,6 +18,9 @@ trained with, its EMA parameters):
     python benchmarks/parameterizations.py --run eps=runs/param_eps \\
         --samplers dpm_solver_pp --nfe 20 --num 64          # a quick look
 
+It takes no `--config`: each run is scored with the config it was trained
+with (its workdir's config.json), so there is no file to load or override.
+
 Writes --out (JSON; re-running merges into it, a finished (run, sampler,
 NFE) point is kept) and two plots beside it: Frechet distance against
 seconds per image, and x0_hat's MSE against noise level. Runs scored into

@@ -18,6 +18,14 @@ converged reverse process), not a sample-quality metric.
         --batch 64 --samplers ddpm,dpm_solver_pp --nfe 10,20
     python benchmarks/sampler_speed.py --config configs/organamnist.py \\
         --checkpoint runs/organ --nfe 10,20,50,100,250,1000
+    python benchmarks/sampler_speed.py --quick --config.sampling.eta=0.5
+
+`--config path.py[:variant]` and `--config.key=value` overrides are parsed
+as launch.py parses them (`jaxdiff.config.parse_config_args`); without
+`--config` they apply to the default config (configs/organamnist.py, its
+:tiny variant with --quick). The benchmark takes the network, the forward
+process and the samplers' options (config.sampling: eta, snr,
+clip_denoised, ...) from it; the JSON records the overrides.
 
 Writes --out (JSON), a plot next to it (time and PSNR against NFE) and prints
 a table.
@@ -58,11 +66,11 @@ REFERENCE = ("ddpm", 1000)  # sampler and steps of the consistency reference
 # ------------------------------------------------------------------ set-up
 
 
-def load_config(spec: str):
-  """'path/to/config.py[:variant]' -> get_config(variant), relative to the
-  repository if need be."""
+def load_config(spec: str, overrides: Sequence[str] = ()):
+  """'path/to/config.py[:variant]' (relative to the repository if need be)
+  with `--config.key=value` overrides, parsed as launch.py parses them."""
   from jaxdiff import config as config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.load_config_file(spec, root=ROOT)
+  return config_lib.load_config_file(spec, root=ROOT, overrides=overrides)
 
 
 def build(config):
@@ -188,10 +196,13 @@ def python_loop_sampler(name: str, sde, param, apply_fn, params, ts,
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--config", default=None,
-                 help=f"path[:variant] (default {DEFAULT_CONFIG}; "
-                      f"--quick: {QUICK_CONFIG})")
+  """(the options, the config with its --config.key=value overrides)."""
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              allow_abbrev=False)
+  p.add_argument("--config", default=None, metavar="PATH[:VARIANT]",
+                 help=f"config file (default {DEFAULT_CONFIG}; --quick: "
+                      f"{QUICK_CONFIG}); --config.KEY=VALUE overrides its "
+                      "keys, as in launch.py")
   p.add_argument("--batch", type=int, default=None, help="default 64 (quick 8)")
   p.add_argument("--nfe", default=None,
                  help="comma list (default 10,20,50,100,250,1000; quick 10,20)")
@@ -222,7 +233,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   p.add_argument("--quick", action="store_true",
                  help="tiny config, --nfe 10,20 --batch 8 --repeats 2: a CPU "
                       "smoke run of a few minutes")
-  args = p.parse_args(argv)
+  args, args.config_overrides = p.parse_known_args(argv)
   quick = args.quick
   args.config = args.config or (QUICK_CONFIG if quick else DEFAULT_CONFIG)
   args.batch = args.batch or (8 if quick else 64)
@@ -236,12 +247,15 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p.error("--batch, --repeats and --nfe must be positive.")
   if args.warmup < 0:
     p.error("--warmup must be >= 0.")
-  return args
+  try:
+    config = load_config(args.config, args.config_overrides)
+  except (ValueError, FileNotFoundError) as e:
+    p.error(str(e))
+  return args, config
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-  args = parse_args(argv)
-  config = load_config(args.config)
+  args, config = parse_args(argv)
   model, sde, param = build(config)
   shape = (args.batch, config.data.image_size, config.data.image_size,
            config.data.channels)
@@ -281,8 +295,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     options = {n: {} for n in names}
 
   x_init = sde.prior_sample(noise_key, shape)
-  print(f"sampler_speed: {args.config}, {config.model.name} "
-        f"({num_params / 1e6:.2f}M params), batch {args.batch}, "
+  print(f"sampler_speed: {' '.join([args.config, *args.config_overrides])}, "
+        f"{config.model.name} ({num_params / 1e6:.2f}M params), batch "
+        f"{args.batch}, "
         f"{type(sde).__name__}, device {jax.devices()[0].device_kind}",
         flush=True)
 
@@ -391,7 +406,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             f"{scan_t['wall']:.3f} s", flush=True)
 
   result = dict(
-      config=args.config, model=config.model.name, num_params=num_params,
+      config=args.config, config_overrides=args.config_overrides,
+      model=config.model.name, num_params=num_params,
       image_shape=list(shape[1:]), batch=args.batch, sde=type(sde).__name__,
       checkpoint=args.checkpoint, checkpoint_step=step,
       weights="checkpoint" if args.checkpoint else "random",

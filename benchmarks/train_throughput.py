@@ -18,10 +18,19 @@ set is read), compiles `jaxdiff.train.make_train_fn` and measures
 * the parameter count.
 
     python benchmarks/train_throughput.py --quick     # tiny variants, CPU
-    python benchmarks/train_throughput.py --configs configs/mnist_ddpm.py
+    python benchmarks/train_throughput.py --config configs/mnist_ddpm.py
+    python benchmarks/train_throughput.py --config configs/organamnist.py \\
+        --config.model.dtype=bfloat16 --config.training.batch_size=256
     python benchmarks/train_throughput.py \\
         --configs configs/organamnist.py,configs/cifar10.py \\
         --steps_per_dispatch 1,10                     # a GPU job
+
+The configs: `--config path.py[:variant]` (one) or `--configs a.py,b.py:v`
+(several; default mnist_ddpm, organamnist and cifar10). `--config.key=value`
+overrides are parsed as launch.py parses them
+(`jaxdiff.config.parse_config_args`) and apply to every config of the run,
+each checked against its own keys (a key that one of them lacks is an
+error); the JSON records them.
 
 XLA's cost analysis counts the body of a loop once, whatever its trip count,
 so the FLOPs of a `lax.scan` of k steps are taken from the single-step
@@ -64,10 +73,10 @@ QUICK_OUT = "benchmarks/results/train_throughput_quick.json"
 # ------------------------------------------------------------------ set-up
 
 
-def load_config(spec: str):
-  """'path/to/config.py[:variant]' -> get_config(variant), relative to the
-  repository if need be."""
-  return config_lib.load_config_file(spec, root=ROOT)
+def load_config(spec: str, overrides: Sequence[str] = ()):
+  """'path/to/config.py[:variant]' (relative to the repository if need be)
+  with `--config.key=value` overrides, parsed as launch.py parses them."""
+  return config_lib.load_config_file(spec, root=ROOT, overrides=overrides)
 
 
 def quick_spec(spec: str) -> str:
@@ -164,8 +173,10 @@ def bench_config(spec: str, args: argparse.Namespace, config=None,
   """Compiles and times the train function of one config (`config`, when
   given, instead of loading `spec`, which then only names it; `init`, when
   given, makes the initial replicated TrainState, e.g. a jitted function
-  compiled once for several configs of the same network)."""
-  config = load_config(spec) if config is None else config
+  compiled once for several configs of the same network). Without
+  `config`, `args.config_overrides` (if any) apply to the loaded spec."""
+  if config is None:
+    config = load_config(spec, getattr(args, "config_overrides", ()))
   if args.batch:
     config.training.batch_size = args.batch
   s = config_lib.typed(config)
@@ -303,10 +314,18 @@ def print_table(result: Dict[str, Any]) -> None:
            else "") + "; tmp = XLA's temporary buffers of the program")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+def parse_args(argv: Optional[Sequence[str]] = None):
+  """(the options, [(spec, config) for each config of the run]): the
+  configs with the --config.key=value overrides, checked before anything
+  is timed."""
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      allow_abbrev=False)
+  parser.add_argument("--config", default=None, metavar="PATH[:VARIANT]",
+                      help="one config file (instead of --configs); "
+                      "--config.KEY=VALUE overrides its keys (or those of "
+                      "each of --configs), as in launch.py")
   parser.add_argument("--configs", default=None,
                       help="comma list of path/to/config.py[:variant] "
                       f"(default {DEFAULT_CONFIGS})")
@@ -330,11 +349,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--quick", action="store_true",
                       help="the configs' ':tiny' variants, 2 repeats, "
                       "steps_per_dispatch 1,2")
-  args = parser.parse_args(argv)
-  distributed.set_cpu_devices(args.cpu_devices)
-
-  specs = [s.strip() for s in (args.configs or DEFAULT_CONFIGS).split(",")
-           if s.strip()]
+  args, args.config_overrides = parser.parse_known_args(argv)
+  if args.config and args.configs:
+    parser.error("give --config (one config) or --configs (several), not "
+                 "both.")
+  specs = [s.strip() for s in (args.config or args.configs
+                               or DEFAULT_CONFIGS).split(",") if s.strip()]
   if args.quick:
     specs = [quick_spec(s) for s in specs]
     if args.steps_per_dispatch is None:
@@ -343,20 +363,31 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args.repeats = 2 if args.quick else 5
   if args.repeats < 1 or args.warmup < 0:
     parser.error("--repeats must be >= 1 and --warmup >= 0.")
-  out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
+  args.out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
+  try:
+    loaded = [(spec, load_config(spec, args.config_overrides))
+              for spec in specs]
+  except (ValueError, FileNotFoundError) as e:
+    parser.error(str(e))
+  return args, loaded
 
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+  args, loaded = parse_args(argv)
+  distributed.set_cpu_devices(args.cpu_devices)
   loadavg_start = [round(v, 2) for v in os.getloadavg()]
   t_start = time.perf_counter()
-  configs = [bench_config(spec, args) for spec in specs]
+  configs = [bench_config(spec, args, config) for spec, config in loaded]
   result = dict(
       device=jax.devices()[0].device_kind, platform=jax.default_backend(),
       num_devices=jax.device_count(), host=platform.node(),
       cpu_count=os.cpu_count(), jax=jax.__version__, repeats=args.repeats,
       warmup=args.warmup, peak_n=args.peak_n, quick=args.quick,
+      config_overrides=args.config_overrides,
       loadavg_start=loadavg_start,
       loadavg_end=[round(v, 2) for v in os.getloadavg()],
       total_s=time.perf_counter() - t_start, configs=configs)
-  out = out if os.path.isabs(out) else os.path.join(ROOT, out)
+  out = args.out if os.path.isabs(args.out) else os.path.join(ROOT, args.out)
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=1)

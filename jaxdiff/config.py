@@ -8,14 +8,16 @@ needs. Modules, schedules and samplers never see the whole config.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import numbers
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+import re
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import jax.numpy as jnp
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from jaxdiff import denoiser as denoiser_lib
 from jaxdiff import models as models_lib
@@ -225,19 +227,136 @@ def from_json(config_json: Mapping[str, Any]) -> ml_collections.ConfigDict:
   return c
 
 
-def load_config_file(spec: str, root: Optional[str] = None
-                     ) -> ml_collections.ConfigDict:
-  """'path/to/config.py[:variant]' -> the file's get_config(variant).
+# `--config path` or `--config=path`: the test config_flags itself uses.
+_CONFIG_FILE_ARG = re.compile(r"^-{1,2}config(=|$)")
+_CONFIG_HELP = ("See configs/base.py for the config keys and their types; "
+                "launch.py takes the same --config arguments.")
 
-  A relative path that does not exist is looked up under `root` (if given).
-  """
-  path, _, variant = spec.partition(":")
+
+def _config_path(spec: str, root: Optional[str]) -> str:
+  """`spec` ('path.py[:variant]') with a relative path that does not exist
+  here looked up under `root`; FileNotFoundError if neither exists."""
+  path, colon, variant = spec.partition(":")
   if root and not os.path.isabs(path) and not os.path.exists(path):
     path = os.path.join(root, path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"No config file {path}.")
-  module_spec = importlib.util.spec_from_file_location("_jaxdiff_config",
-                                                       path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
+  return path + colon + variant
+
+
+def last_error_line(text: str) -> str:
+  """The `SomeError: message` line of an embedded traceback, else the text."""
+  lines = [l.strip() for l in str(text).splitlines() if l.strip()]
+  errors = [l for l in lines if re.match(r"^[A-Za-z_.]*(Error|Exception):", l)]
+  return errors[-1] if errors else (lines[-1] if lines else "")
+
+
+def config_error(e: Exception, args: Sequence[str],
+                 help_text: str = _CONFIG_HELP) -> str:
+  """One line saying what is wrong with the config arguments `args`, from
+  the error absl or ml_collections raised on them (`help_text`: where to
+  look, ending the line for a bad value or an unknown key)."""
+  text = str(e)
+  if isinstance(e, OSError):
+    return f"Cannot load the --config file: {last_error_line(text)}"
+  if isinstance(e, flags.Error):
+    if "Traceback" in text:  # The config file raised.
+      return f"{text.split(': ', 1)[0]}: {last_error_line(text)}"
+    return f"{text.rstrip('.')}. {help_text}"
+  # AttributeError, KeyError: an unknown key.
+  key = re.search(r"'([A-Za-z0-9_]+)", text)
+  hint = re.search(r'Did you mean "([A-Za-z0-9_]+)"', text)
+  key = key.group(1) if key else text
+  culprit = next((a.split("=")[0] for a in args
+                  if re.match(r"^-{1,2}(no)?config\.", a)
+                  and key in a.split("=")[0].split(".")[1:]),
+                 f"--config...{key}")
+  return (f"Unknown config key {culprit}"
+          + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+          + f". {help_text}")
+
+
+def parse_config_args(args: Sequence[str], default: Optional[str] = None, *,
+                      root: Optional[str] = None
+                      ) -> ml_collections.ConfigDict:
+  """The config of the arguments `--config path.py[:variant]` and
+  `--config.key=value`, parsed as `launch.py` parses them.
+
+  The same parser as launch.py's flag: `ml_collections.config_flags`'
+  `DEFINE_config_file` (locked: an unknown key is an error), defined on a
+  fresh `FlagValues` for each call, so scripts and tests can parse several
+  command lines in one process. A script with argparse options passes what
+  `parse_known_args` leaves over:
+
+      args, config_args = parser.parse_known_args(argv)
+      config = config_lib.parse_config_args(config_args, "configs/x.py:tiny")
+
+  Args:
+    args: command-line arguments, config ones only (an override must follow
+      a `--config` given here).
+    default: the 'path.py[:variant]' loaded when `args` has no `--config`
+      (the overrides then apply to it).
+    root: a relative config path that does not exist from here is looked
+      up under `root` (a repository's root, for scripts run elsewhere).
+
+  Returns:
+    The locked ConfigDict, every override applied.
+
+  Raises:
+    FileNotFoundError: the config file does not exist.
+    ValueError: no config given, an argument that is not a config one, an
+      unknown key, a value of the wrong type, or a config file that raised;
+      one line saying what to fix.
+  """
+  args = list(args)
+  for i, arg in enumerate(args):
+    if _CONFIG_FILE_ARG.match(arg):
+      if arg.startswith("--config=") or arg.startswith("-config="):
+        name, _, spec = arg.partition("=")
+        args[i] = f"{name}={_config_path(spec, root)}"
+      elif i + 1 < len(args) and not args[i + 1].startswith("-"):
+        args[i + 1] = _config_path(args[i + 1], root)
+  if default is not None:
+    default = _config_path(default, root)
+  elif not any(_CONFIG_FILE_ARG.match(a) for a in args):
+    raise ValueError("No config: give --config path/to/config.py[:variant].")
+  argv = ["jaxdiff", *args]
+  flag_values = flags.FlagValues()
+  try:
+    config_flags.DEFINE_config_file("config", default,
+                                    flag_values=flag_values,
+                                    lock_config=True, sys_argv=argv)
+    rest = flag_values(argv, known_only=True)[1:]
+    config = flag_values["config"].value
+    if config is not None:
+      config.get("seed")  # Loading is lazy: fail here, clearly.
+  except (flags.Error, AttributeError, KeyError, OSError) as e:
+    raise ValueError(config_error(e, args)) from None
+  if rest:
+    raise ValueError(f"unrecognized arguments: {' '.join(rest)}")
+  if config is None:
+    raise ValueError("No config: give --config path/to/config.py[:variant].")
+  return config
+
+
+def load_config_file(spec: str, root: Optional[str] = None,
+                     overrides: Sequence[str] = ()
+                     ) -> ml_collections.ConfigDict:
+  """'path/to/config.py[:variant]' -> its get_config(variant), with the
+  `--config.key=value` arguments `overrides` applied: `parse_config_args`
+  of `--config spec *overrides` (launch.py's parser).
+
+  A relative path that does not exist is looked up under `root` (if given).
+  For scripts that take several configs at once: the same overrides apply
+  to each.
+  """
+  given = [a for a in overrides if _CONFIG_FILE_ARG.match(a)]
+  if given:
+    raise ValueError(
+        f"{given[0]}: the config file is given apart here ({spec}); pass "
+        "only --config.key=value overrides (they apply to each config of "
+        "the run).")
+  try:
+    return parse_config_args(["--config", spec, *overrides], root=root)
+  except ValueError as e:  # Say which config, for runs of several.
+    raise ValueError(f"{spec}: {e}") from None

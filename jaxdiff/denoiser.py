@@ -30,12 +30,15 @@ network's time input (EDM's c_noise) is t itself for every parameterization.
 
 Samplers, DPS, Tweedie, the diffusion classifier and the losses see only a
 `Prediction` (eps, x0); nothing outside this file asks which
-parameterization a network has.
+parameterization a network has. The denoisers made here check their
+arguments' shapes when traced (`chex`): x [B, ...], t [B], and a network
+output of x's shape.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -56,6 +59,24 @@ class Prediction(NamedTuple):
 
 
 DenoiseFn = Callable[[Array, Array], Prediction]  # (x [B, ...], t [B])
+
+
+def check_call(x: Array, t: Array) -> None:
+  """A denoiser's arguments: x [B, ...] and t [B] (shape checks only: free
+  under jit after tracing). AssertionError saying what to pass."""
+  chex.assert_rank(t, 1, custom_message=(
+      "denoise_fn(x, t): t must be [B], one time per example; broadcast a "
+      "scalar time with jnp.full((x.shape[0],), t)"))
+  chex.assert_axis_dimension(t, 0, jnp.shape(x)[0], custom_message=(
+      f"denoise_fn(x, t): t has {jnp.shape(t)[0]} times for a batch of "
+      f"{jnp.shape(x)[0]} (x {jnp.shape(x)}); give one time per example"))
+
+
+def check_output(x: Array, out: Array, what: str) -> None:
+  """A network's output has the shape of its input x."""
+  chex.assert_equal_shape([out, x], custom_message=(
+      f"{what} must have the shape of its input x [B, ...]; got "
+      f"{jnp.shape(out)} for x {jnp.shape(x)}"))
 
 
 def from_eps(process, x: Array, t: Array, eps: Array) -> Prediction:
@@ -234,9 +255,15 @@ def model_denoiser(apply_fn: Callable, params, process,
   """
   def predict(x, t, y):
     f = network_output(apply_fn, params, param, process, x, t, y)
+    check_output(x, f, f"The network's output ({param.name} prediction)")
     return param.predict(process, x, t, f)
 
   def denoise_fn(x, t):
+    check_call(x, t)
+    if labels is not None:
+      chex.assert_shape(labels, (jnp.shape(x)[0],), custom_message=(
+          "model_denoiser: labels must be [B] class indices, one per "
+          "example of x"))
     if labels is None or guidance_scale == 0.0:
       return predict(x, t, labels)
     null = jnp.full_like(labels, num_classes)
@@ -251,4 +278,9 @@ def model_denoiser(apply_fn: Callable, params, process,
 
 def eps_denoiser(process, eps_fn: Callable[[Array, Array], Any]) -> DenoiseFn:
   """A denoiser from a noise predictor eps_fn(x, t) (e.g. an exact score)."""
-  return lambda x, t: from_eps(process, x, t, eps_fn(x, t))
+  def denoise_fn(x, t):
+    check_call(x, t)
+    eps = eps_fn(x, t)
+    check_output(x, eps, "eps_fn(x, t)")
+    return from_eps(process, x, t, eps)
+  return denoise_fn

@@ -57,6 +57,7 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple, Optional, Tuple
 
+import chex
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -184,6 +185,9 @@ def ode_log_likelihood(
     raise ValueError(f"Unknown solver {solver!r}; use one of "
                      f"{sorted(SOLVERS)}.")
   sde_lib.check_gaussian(process, "The probability-flow likelihood")
+  chex.assert_type(x, float, custom_message=(
+      "ode_log_likelihood: x must be float points in the data space; for "
+      "integer levels (uint8) use ode_bits_per_dim, which dequantizes"))
   x = jnp.asarray(x, jnp.float32)
   v = (None if divergence == "exact" else draw_probe(key, x.shape, probe))
   t0 = float(process.t_min if t_eps is None else t_eps)
@@ -281,6 +285,9 @@ def ode_bits_per_dim(process, denoise_fn: DenoiseFn, x: Array, key: Array,
     data_range, num_bins: as `dequantize`.
     **ode_options: `ode_log_likelihood`'s keyword options.
   """
+  chex.assert_type(x, int, custom_message=(
+      "ode_bits_per_dim: x must be integer levels (uint8 images); for "
+      "points in the data space use ode_log_likelihood"))
   k_deq, k_probe = jax.random.split(key)
   y = dequantize(k_deq, x, num_samples, data_range=data_range,
                  num_bins=num_bins)
@@ -390,6 +397,9 @@ def chain_bound(process, denoise_fn: DenoiseFn, x0: Array, key: Array, *,
   if variance not in VARIANCES:
     raise ValueError(f"Unknown variance {variance!r}; use one of "
                      f"{VARIANCES}.")
+  chex.assert_type(x0, float, custom_message=(
+      "chain_bound: x0 must be float data on the levels of [-1, 1] (uint8 "
+      "images: x / 127.5 - 1)"))
   betas = process.schedule.betas
   num, b = len(betas), x0.shape[0]
   tables = _chain_tables(betas, variance)

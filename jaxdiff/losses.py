@@ -63,6 +63,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -253,6 +254,21 @@ def _freq_term(process, x0_hat, x0, t, freq_weighting: str) -> Array:
   return freq
 
 
+def _check_inputs(x0: Array, labels: Optional[Array], lambda_freq: float):
+  """`diffusion_loss`'s data: float x0 [B, ...] ([B, H, W, C] for the
+  frequency loss), labels [B] (shapes and dtypes: free after tracing)."""
+  chex.assert_type(x0, float, custom_message=(
+      "diffusion_loss: x0 must be float images in [-1, 1] (uint8 data: "
+      "x / 127.5 - 1)"))
+  if lambda_freq:
+    chex.assert_rank(x0, 4, custom_message=(
+        "diffusion_loss: the frequency loss (lambda_freq > 0) needs x0 "
+        "[B, H, W, C]"))
+  if labels is not None:
+    chex.assert_shape(labels, (jnp.shape(x0)[0],), custom_message=(
+        "diffusion_loss: labels must be [B] class indices, one per image"))
+
+
 def diffusion_loss(apply_fn: Callable, params, process, x0: jax.Array,
                    key: jax.Array, *,
                    param: denoiser_lib.Parameterization = EPS_PREDICTION,
@@ -294,11 +310,14 @@ def diffusion_loss(apply_fn: Callable, params, process, x0: jax.Array,
   Returns:
     (loss scalar, metrics): "loss"; "mse", the unweighted MSE of param's
     target; "eps_mse", the prediction's noise MSE (comparable across
-    parameterizations); "freq" when lambda_freq > 0.
+    parameterizations); "freq" when lambda_freq > 0. AssertionError (when
+    traced) if x0 is not float ([B, H, W, C] with the frequency loss),
+    labels not [B] or the network's output not of x_t's shape.
   """
   options = dict(min_snr_gamma=min_snr_gamma, sigmoid_bias=sigmoid_bias,
                  sigma_data=sigma_data)
   check_weighting(weighting, **options)
+  _check_inputs(x0, labels, lambda_freq)
   t_key, n_key, d_key, u_key = jax.random.split(key, 4)
   b = x0.shape[0]
   t = sample_time(process, t_key, b, time_sampling=time_sampling,
@@ -311,6 +330,7 @@ def diffusion_loss(apply_fn: Callable, params, process, x0: jax.Array,
   f = denoiser_lib.network_output(apply_fn, params, param, process, x_t, t,
                                   labels, train=train,
                                   rngs={"dropout": d_key})
+  denoiser_lib.check_output(x_t, f, "diffusion_loss: the network's output")
   pred = param.predict(process, x_t, t, f)
   mse = _per_example((f - param.target(process, x0, eps, t))**2)  # [B]
   loss = mse

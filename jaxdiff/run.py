@@ -11,7 +11,6 @@ import importlib
 import json
 import logging
 import os
-import re
 import sys
 
 from jaxdiff import checkpoint as ckpt_lib
@@ -57,50 +56,27 @@ def fail(message: str, code: int = 2):
   sys.exit(code)
 
 
-def _last_error_line(text: str) -> str:
-  """The `SomeError: message` line of an embedded traceback, else the text."""
-  lines = [l.strip() for l in str(text).splitlines() if l.strip()]
-  errors = [l for l in lines if re.match(r"^[A-Za-z_.]*(Error|Exception):", l)]
-  return errors[-1] if errors else (lines[-1] if lines else "")
-
-
 def parse_flags(argv):
   """absl flag parsing whose errors are one line saying what to fix.
 
   For `app.run(main, flags_parser=parse_flags)`: an unknown config key
   (`--config.training.batchsize=8`), a value of the wrong type or a config
   file that cannot be loaded otherwise end in a traceback or a two-line absl
-  message.
+  message (`config.config_error` words them, as for the benchmarks).
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   fix = ("See --helpfull for the flags; the config keys and their types are "
          "in configs/base.py.")
   try:
     args = flags.FLAGS(argv)
-  except flags.Error as e:
-    text = str(e)
-    if "Traceback" in text:  # A config file that raised.
-      head = text.split(":", 1)[0]
-      fail(f"{head}: {_last_error_line(text)}")
-    fail(f"{text.rstrip('.')}. {fix}")
-  except (AttributeError, KeyError) as e:  # An unknown config key.
-    text = str(e)
-    key = re.search(r"'([A-Za-z0-9_]+)", text)
-    hint = re.search(r'Did you mean "([A-Za-z0-9_]+)"', text)
-    key = key.group(1) if key else text
-    culprit = next((a.split("=")[0] for a in argv[1:]
-                    if a.startswith("--config.")
-                    and key in a.split("=")[0].split(".")[1:]),
-                   f"--config...{key}")
-    fail(f"Unknown config key {culprit}"
-         + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-         + ". The keys are in configs/base.py.")
-  if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
-    try:
+    if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
       flags.FLAGS.config.get("seed")  # Loading is lazy: fail here, clearly.
-    except (IOError, OSError) as e:
-      fail(f"Cannot load the --config file ({_last_error_line(e)}). Give a "
-           "config file, e.g. --config configs/organamnist.py:tiny.")
+  except (flags.Error, AttributeError, KeyError, OSError) as e:
+    text = config_lib.config_error(e, argv[1:], fix)
+    if isinstance(e, OSError):
+      text += (". Give a config file, e.g. --config "
+               "configs/organamnist.py:tiny.")
+    fail(text)
   return args
 
 

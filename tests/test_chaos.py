@@ -48,6 +48,36 @@ def test_launch_command_carries_the_overrides(chaos):
   assert config.cpu_devices == 0
 
 
+def test_config_and_overrides_go_to_launch_py_after_the_chaos_settings(
+    chaos):
+  args = chaos.parse_args(["--config", "configs/organamnist.py:tiny",
+                           "--steps", "6",
+                           "--config.training.checkpoint_every=3",
+                           "--config.model.kwargs.ch=4"])
+  assert args.config_overrides == ["--config.training.checkpoint_every=3",
+                                   "--config.model.kwargs.ch=4"]
+  cmd = chaos.launch_command("/tmp/w", 6, args.config, args.config_overrides)
+  mine, theirs = (cmd.index(f"--config.{k}") for k in (
+      "training.checkpoint_every=2", "training.checkpoint_every=3"))
+  assert mine < theirs  # the user's come last: they win
+  config = chaos.run_config(6, args.config, args.config_overrides)
+  assert config.training.checkpoint_every == 3
+  assert config.model.kwargs.ch == 4 and config.training.num_train_steps == 6
+  assert chaos.target_state(config).params != chaos.target_state(
+      chaos.run_config(6)).params  # the narrower U-Net's state
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config.training.num_train_steps=5"], "--steps"),
+    (["--config.training.checkpoint_evry=3"],
+     "Unknown config key --config.training.checkpoint_evry"),
+])
+def test_config_errors(chaos, capsys, argv, message):
+  with pytest.raises(SystemExit):
+    chaos.parse_args(argv)
+  assert message in capsys.readouterr().err
+
+
 def test_bit_differences_sees_one_flipped_bit(chaos):
   a = {"w": np.linspace(-1, 1, 7, dtype=np.float32),
        "b": np.zeros(3, np.float32), "nan": np.full(2, np.nan, np.float32)}

@@ -213,7 +213,7 @@ def _last_line(text: str) -> str:
 
 _ERRORS = {
     "unknown_key": r"Unknown config key --config\.training\.batchsize \(did "
-                   r"you mean 'batch_size'\?\)\. The keys are in "
+                   r"you mean 'batch_size'\?\)\. See --helpfull .* "
                    r"configs/base\.py\.",
     "wrong_type": r"flag --config\.training\.batch_size=abc: invalid literal "
                   r"for int\(\) with base 10: 'abc'\. See --helpfull .* "

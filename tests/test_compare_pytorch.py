@@ -233,3 +233,48 @@ def test_alternate_runs_turns_and_leaves_out_each_first_call():
     assert len(out[name]["first_walls"]) == 2
   single = module.alternate(lambda: None, lambda: None, warmup=0, repeats=3)
   assert len(single["jax"]["walls"]) == 3 and single["jax"]["first_walls"] == []
+
+
+def test_config_overrides_apply_to_every_model(bench):
+  args, configs = bench.parse_args([
+      "--quick", "--models", "cnn,unet", "--config.training.lambda_freq=0.5",
+      "--config.seed=4"])
+  assert list(configs) == ["cnn", "unet"]
+  for config in configs.values():
+    assert config.training.lambda_freq == 0.5 and config.seed == 4
+  assert configs["unet"].model.kwargs.ch == 8  # the :tiny variant's
+  assert args.config_overrides == ["--config.training.lambda_freq=0.5",
+                                   "--config.seed=4"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--quick", "--config", "configs/cifar10.py"], "pass only --config.key"),
+    (["--quick", "--models", "cnn,unet", "--config.model.kwargs.hidden=(4,4)"],
+     "Unknown config key --config.model.kwargs.hidden"),  # not the U-Net's
+])
+def test_config_errors(bench, capsys, argv, message):
+  with pytest.raises(SystemExit):
+    bench.parse_args(argv)
+  assert message in capsys.readouterr().err
+
+
+def _num_params(config):
+  model = config_lib.build_model(config)
+  shape = config_lib.typed(config).data.image_shape
+  return train_lib.count_params(jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1,)))["params"]))
+
+
+@pytest.mark.slow
+def test_both_models_are_built_from_the_overridden_config(bench):
+  """A narrower CNN by an override: the JAX and PyTorch parameter counts
+  (checked equal inside) are those of the overridden network."""
+  narrow = ["--config.model.kwargs.hidden=(4,4)"]
+  want = _num_params(bench.load_config("configs/mnist_ddpm.py:tiny", narrow))
+  assert want < _num_params(bench.load_config("configs/mnist_ddpm.py:tiny"))
+  result = bench.main(["--quick", "--models", "cnn", "--repeats", "1",
+                       "--warmup", "0", *narrow])
+  assert result["config_overrides"] == narrow
+  assert {r["task"] for r in result["rows"]} == {"train", "sample"}
+  for r in result["rows"]:
+    assert r["num_params"] == r["num_params_torch"] == want

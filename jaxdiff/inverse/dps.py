@@ -19,6 +19,7 @@ its step follows the sampler's schedule.
 """
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -59,7 +60,8 @@ def dps_stepper(sampler: str, sde: sde_lib.Process,
     sde: the forward process (Gaussian).
     denoise_fn: (x [B, H, W, C], t [B]) -> `denoiser.Prediction`.
     problem: operator and noise model.
-    y: measurements [B, ...].
+    y: measurements [B, ...] (`problem.measurement_shape` each; an
+      AssertionError otherwise).
     zeta: guidance scale (0: the base sampler).
     weighting: 'normalised' or 'likelihood' (`DPS_WEIGHTINGS`).
     prior_var: the data variance v of the 'likelihood' weighting.
@@ -77,6 +79,7 @@ def dps_stepper(sampler: str, sde: sde_lib.Process,
                      f"{', '.join(DPS_WEIGHTINGS)}.")
   if not prior_var > 0:
     raise ValueError(f"prior_var must be > 0, got {prior_var}.")
+  problem.check_measurement(y, "dps_stepper")
   base = samplers.make_sampler(sampler, sde, denoise_fn, **options)
 
   def step(state, t, s, noise, pred=None):
@@ -84,6 +87,9 @@ def dps_stepper(sampler: str, sde: sde_lib.Process,
       raise ValueError("The DPS step differentiates through its own network "
                        "call; it takes no precomputed prediction.")
     x = state["x"]  # [B, H, W, C]
+    chex.assert_equal_shape_prefix([x, y], 1, custom_message=(
+        "dps_stepper: the samples x and the measurements y need the same "
+        "batch size"))
     t_vec = jnp.full((x.shape[0],), t, jnp.float32)
 
     def x0_hat(x_):

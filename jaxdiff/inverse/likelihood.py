@@ -11,8 +11,10 @@ on x, so `-log p(y | x) >= 0`:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Tuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -93,6 +95,20 @@ class InverseProblem:
   @property
   def image_shape(self) -> Tuple[int, int, int]:
     return self.operator.image_shape
+
+  @functools.cached_property
+  def measurement_shape(self) -> Tuple[int, ...]:
+    """The shape of one image's measurement A x (without the batch axis)."""
+    image = jax.ShapeDtypeStruct((1, *self.image_shape), jnp.float32)
+    return tuple(jax.eval_shape(self.operator.forward, image).shape[1:])
+
+  def check_measurement(self, y: Array, where: str) -> None:
+    """AssertionError unless y is a batch [B, ...] of this problem's
+    measurements (shapes only: free under jit after tracing)."""
+    chex.assert_shape(y, (None, *self.measurement_shape), custom_message=(
+        f"{where}: y must be [B, {', '.join(map(str, self.measurement_shape))}]"
+        f", measurements of the {self.operator.name!r} operator on "
+        f"{self.image_shape} images (`InverseProblem.measure`)"))
 
   def measure(self, key: Array, x: Array,
               indices: Optional[Array] = None) -> Array:

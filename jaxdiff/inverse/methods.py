@@ -108,7 +108,8 @@ def make_method(name: str, sde: sde_lib.Process, problem: InverseProblem,
     settings: sampler, steps, zeta, K, ...
 
   Returns:
-    A jittable function of (denoise_fn, y, key).
+    A jittable function of (denoise_fn, y, key); y [B, ...] must be a batch
+    of `problem.measurement_shape` measurements (AssertionError otherwise).
 
   Raises:
     ValueError: an unknown name, or a process that is not Gaussian (every
@@ -117,10 +118,13 @@ def make_method(name: str, sde: sde_lib.Process, problem: InverseProblem,
   factory = METHODS.get(name)
   sde_lib.check_gaussian(sde, f"The inverse method {name!r}")
   method = factory(sde, problem, settings)
-  if not settings.clip_output:
-    return method
-  return lambda denoise_fn, y, key: jnp.clip(method(denoise_fn, y, key),
-                                             -1.0, 1.0)
+
+  def reconstruct(denoise_fn, y, key):
+    problem.check_measurement(y, f"The inverse method {name!r}")
+    x = method(denoise_fn, y, key)
+    return jnp.clip(x, -1.0, 1.0) if settings.clip_output else x
+
+  return reconstruct
 
 
 @METHODS.register("tweedie")
