@@ -80,6 +80,12 @@ MODELS: Dict[str, Entry] = {
         about="OrganAMNIST denoiser, 1.1M-parameter U-Net, v-prediction, "
               "8,500 steps on 2 CPU cores; Tweedie 22.03 dB / 0.707 on the "
               "denoising protocol (docs/parameterizations/)"),
+    "mnist_cond_cpu": Entry(
+        sha256="f511246bd1230f165068981572538d64281c82d8ba48e4a656759a0679c6964d",
+        config="configs/mnist_cond.py:cpu",
+        about="class-conditional MNIST, 0.64M-parameter U-Net on the "
+              "1000-step chain, 9,000 steps on 2 CPU cores: generates by "
+              "class, denoises and classifies (docs/conditional/)"),
 }
 
 
