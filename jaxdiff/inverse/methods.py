@@ -119,9 +119,9 @@ def make_method(name: str, sde: sde_lib.Process, problem: InverseProblem,
   sde_lib.check_gaussian(sde, f"The inverse method {name!r}")
   method = factory(sde, problem, settings)
 
-  def reconstruct(denoise_fn, y, key):
+  def reconstruct(denoise_fn, y, key, **options):  # e.g. DPS's noise_sign
     problem.check_measurement(y, f"The inverse method {name!r}")
-    x = method(denoise_fn, y, key)
+    x = method(denoise_fn, y, key, **options)
     return jnp.clip(x, -1.0, 1.0) if settings.clip_output else x
 
   return reconstruct
