@@ -64,12 +64,15 @@ def psnr(x: jax.Array, y: jax.Array, *, data_range: float = 2.0) -> jax.Array:
   return jnp.minimum(_per_image("psnr", fn, x, y), PSNR_MAX_DB)  # [B]
 
 
+SSIM_FILTER_SIZE = 11  # the protocol's SSIM window (pixels)
+
+
 def ssim(
     x: jax.Array,
     y: jax.Array,
     *,
     max_val: float = 2.0,
-    filter_size: int = 11,
+    filter_size: int = SSIM_FILTER_SIZE,
     filter_sigma: float = 1.5,
     k1: float = 0.01,
     k2: float = 0.03,

@@ -69,8 +69,9 @@ class ClassifySettings:
     seed: key of the fixed (t, noise) pairs.
     timing_pairs: comma-separated pair counts n for the time-per-image curve.
     timing_images: images classified for each point of that curve.
-    denoise_sigma: std (in [-1, 1] pixel units) of the Gaussian noise of the
-      Tweedie denoising comparison; 0 skips it.
+    denoise_sigmas: comma-separated stds (in [-1, 1] pixel units) of the
+      Gaussian noise of the Tweedie denoising comparison, one comparison
+      (and figure) each; '' skips it.
     use_ema: classify with the EMA parameters.
   """
   num_images: int = 1000
@@ -85,12 +86,16 @@ class ClassifySettings:
   seed: int = 0
   timing_pairs: str = "10,20,50,100"
   timing_images: int = 50
-  denoise_sigma: float = 0.2
+  denoise_sigmas: str = "0.2"
   use_ema: bool = True
 
   @property
   def timing_list(self) -> List[int]:
     return [int(n) for n in self.timing_pairs.split(",") if n.strip()]
+
+  @property
+  def denoise_sigma_list(self) -> List[float]:
+    return [float(s) for s in self.denoise_sigmas.split(",") if s.strip()]
 
   @property
   def total_pairs(self) -> int:
@@ -130,9 +135,15 @@ class ClassifySettings:
                        "must hold positive integers.")
     if self.timing_images < 1 and counts:
       raise ValueError("config.classify.timing_images must be >= 1.")
-    if self.denoise_sigma < 0:
-      raise ValueError("config.classify.denoise_sigma must be >= 0, got "
-                       f"{self.denoise_sigma}.")
+    try:
+      sigmas = self.denoise_sigma_list
+    except ValueError:
+      sigmas = [-1.0]
+    if any(s <= 0 for s in sigmas):
+      raise ValueError(
+          f"config.classify.denoise_sigmas={self.denoise_sigmas!r} must be "
+          "comma-separated positive numbers, e.g. '0.1,0.2,0.3' (or '' for "
+          "none).")
     return self
 
 

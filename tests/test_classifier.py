@@ -277,7 +277,7 @@ def test_noise_level_time_vp_linear(vp, chain):
     assert isinstance(t, float)
     assert t == pytest.approx((-b + math.sqrt(b * b + 4 * a * c)) / (2 * a),
                               rel=1e-5)
-  with pytest.raises(ValueError, match="denoise_sigma=10000.0: .*outside.*choose 0"):
+  with pytest.raises(ValueError, match="denoise_sigmas has 10000.0: .*outside.*to ''"):
     classifier.noise_level_time(vp, 1e4)
   # On a chain the time is not snapped to a step i / T.
   t = classifier.noise_level_time(chain, 0.2)
@@ -325,6 +325,24 @@ def test_label_vs_null_denoising_label_helps(vp):
       _blob_apply_fn(vp), PARAMS, vp, images, labels, sigma_noise=2.0,
       num_classes=K, key=jax.random.key(0), batch_size=7)
   np.testing.assert_allclose(again["label"], out["label"], atol=1e-6)
+
+
+def test_gaussian_filter_baseline_picks_the_best_width():
+  rng = np.random.default_rng(0)
+  # Smooth images (a constant per image) plus white noise: the widest filter
+  # that fits averages the most noise away; a 4x4 image leaves out widths
+  # whose kernel is wider than 4 pixels.
+  clean = np.repeat(rng.uniform(-0.5, 0.5, (6, 1, 1, 1)), 16, 1).reshape(
+      6, 4, 4, 1).astype(np.float32)
+  noisy = (clean + 0.3 * rng.standard_normal(clean.shape)).astype(np.float32)
+  out, width = classifier.gaussian_filter_baseline(noisy, clean, batch_size=4)
+  assert width == 1.0  # 1.4 and 2.0 need kernels of 11 and 13 taps
+  assert out.shape == clean.shape
+  err = lambda x: np.mean((x - clean) ** 2)
+  assert err(out) < 0.5 * err(noisy)
+  with pytest.raises(ValueError, match="No filter width"):
+    classifier.gaussian_filter_baseline(noisy[:, :2, :2], clean[:, :2, :2],
+                                        widths=(2.0,))
 
 
 def test_guided_prediction_of_model_denoiser(vp):
@@ -402,6 +420,11 @@ def test_check_settings_errors():
     classifier.check_settings(cs(weighting="snr"), 10)
   with pytest.raises(ValueError, match="comma-separated integers"):
     classifier.check_settings(cs(timing_pairs="10;20"), 10)
+  for bad in ("0.1;0.2", "0.1,0", "-0.2"):
+    with pytest.raises(ValueError, match="denoise_sigmas=.*positive numbers"):
+      classifier.check_settings(cs(denoise_sigmas=bad), 10)
+  assert cs(denoise_sigmas="0.1, 0.3").denoise_sigma_list == [0.1, 0.3]
+  assert cs(denoise_sigmas="").denoise_sigma_list == []
 
 
 # -------------------------------------------------------------- end to end
@@ -433,11 +456,15 @@ def test_classify_mode_end_to_end(trained):
   assert [r["num_pairs"] for r in report["timing"]] == [2, 4]
   assert all(r["seconds_per_image"] > 0 for r in report["timing"])
   assert report["network_evaluations_per_image"] == 11 * 3 + 2 * 2
-  d = report["denoise"]
+  (d,) = report["denoise"]
   # Noise std 0.2 on a data range of 2: about 10 log10(4 / 0.04) = 20 dB.
+  assert d["sigma"] == 0.2
   assert d["psnr_noisy"] == pytest.approx(20.0, abs=0.5)
   assert np.isfinite(d["psnr_label"]) and np.isfinite(d["psnr_null"])
-  for name in ("confusion.png", "denoise.png"):
+  # The filter is chosen among widths that include a near-identity one.
+  assert d["psnr_filter"] > d["psnr_noisy"] - 0.5
+  assert 0 < d["ssim_noisy"] < d["ssim_filter"] <= 1
+  for name in ("confusion.png", "denoise_0.2.png"):
     with Image.open(os.path.join(out, name)) as img:
       assert img.format == "PNG" and min(img.size) > 100
 

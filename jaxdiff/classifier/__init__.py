@@ -54,7 +54,8 @@ from jaxdiff.classifier import scoring
 from jaxdiff.classifier.batched import (accuracy_summary, confusion_matrix,
                                         image_batches, run_classifier,
                                         timing_curve)
-from jaxdiff.classifier.denoising import (label_vs_null_denoising,
+from jaxdiff.classifier.denoising import (gaussian_filter_baseline,
+                                          label_vs_null_denoising,
                                           noise_level_time,
                                           tweedie_with_and_without_label)
 from jaxdiff.classifier.scoring import (WEIGHTINGS, Classification,
@@ -70,6 +71,7 @@ __all__ = [
     "WEIGHTINGS", "Classification", "LabelledDenoiseFn", "Pairs",
     "accuracy_summary", "batched", "check_settings", "classify_batch",
     "confusion_matrix", "denoising", "denoising_errors", "elbo_weight",
+    "gaussian_filter_baseline",
     "image_batches", "label_vs_null_denoising", "labelled_denoiser",
     "make_classify_fn",
     "make_pairs", "network_evaluations", "noise_level_time", "pair_times",

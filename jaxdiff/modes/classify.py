@@ -3,8 +3,10 @@ first `config.classify.num_images` images of a split, with a
 class-conditional model from the newest checkpoint.
 
 Writes `<workdir>/classify/`: `classify.json` (accuracy, confusion matrix,
-time per image against the number of pairs, Tweedie denoising PSNR with and
-without the label), `confusion.png` and `denoise.png`; the accuracy and
+time per image against the number of pairs, and for each noise level of
+`denoise_sigmas` the Tweedie denoising PSNR/SSIM with and without the label
+against the noisy input and a Gaussian filter), `confusion.png` and
+`denoise_<sigma>.png`; the accuracy and
 time per image also go to TensorBoard (`<workdir>/tensorboard/classify`, at
 the checkpoint step).
 """
@@ -47,28 +49,34 @@ def _progress_bar(batches, num_images: int, batch_size: int):
               postfix=f"{num_images} images of {batch_size}/batch")
 
 
-def _denoise(trained, ds: data_lib.Dataset, cs, out_dir: str
+_DENOISE_ROWS = ("noisy", "label", "null", "filter")
+
+
+def _denoise(trained, ds: data_lib.Dataset, cs, sigma: float, out_dir: str
              ) -> Dict[str, Any]:
-  """Tweedie denoising with and without the label: numbers and figure."""
+  """Tweedie denoising with and without the label, against the noisy input
+  and a Gaussian filter: numbers and `denoise_<sigma>.png`."""
   n = len(ds.labels)
-  print(f"jaxdiff: one-step denoising of {n} images at sigma="
-        f"{cs.denoise_sigma:g}, with and without the label", flush=True)
+  print(f"jaxdiff: one-step denoising of {n} images at sigma={sigma:g}, "
+        "with and without the label", flush=True)
   den = classifier.label_vs_null_denoising(
       trained.apply_fn, trained.params, trained.process, ds.images, ds.labels,
-      sigma_noise=cs.denoise_sigma, num_classes=trained.num_classes,
+      sigma_noise=sigma, num_classes=trained.num_classes,
       key=jax.random.fold_in(jax.random.key(cs.seed), 1),
       batch_size=cs.batch_size, param=trained.parameterization)
-  noisy = f"noisy (sigma={cs.denoise_sigma:g})"
+  names = {"noisy": f"noisy (sigma={sigma:g})", "label": "Tweedie, label",
+           "null": "Tweedie, null label",
+           "filter": f"Gaussian filter ({den['filter_width']:g} px)"}
   viz.comparison_figure(
-      os.path.join(out_dir, "denoise.png"),
-      {"clean": den["clean"], noisy: den["noisy"],
-       "Tweedie, label": den["label"], "Tweedie, null label": den["null"]},
-      scores={noisy: den["psnr_noisy"], "Tweedie, label": den["psnr_label"],
-              "Tweedie, null label": den["psnr_null"]},
+      os.path.join(out_dir, f"denoise_{sigma:g}.png"),
+      {"clean": den["clean"], **{names[k]: den[k] for k in _DENOISE_ROWS}},
+      scores={names[k]: den[f"psnr_{k}"] for k in _DENOISE_ROWS},
       title="One-step denoising with and without the class label")
-  return {"sigma": cs.denoise_sigma, "t": den["t"], "num_images": n,
-          **{k: float(np.mean(den[k]))
-             for k in ("psnr_noisy", "psnr_label", "psnr_null")}}
+  return {"sigma": sigma, "t": den["t"], "num_images": n,
+          "filter_width": den["filter_width"],
+          **{f"{m}_{k}": float(np.mean(den[f"{m}_{k}"]))
+             for m in ("psnr", "ssim") for k in _DENOISE_ROWS
+             if f"{m}_{k}" in den}}
 
 
 def _summary_line(report: Dict[str, Any], s: settings_lib.Settings,
@@ -79,10 +87,10 @@ def _summary_line(report: Dict[str, Any], s: settings_lib.Settings,
           f"{s.data.name} {s.classify.split} images (step {report['step']}, "
           f"{s.classify.total_pairs} pairs, "
           f"{report['seconds_per_image']:.3f} s/image)")
-  if "denoise" in report:
-    d = report["denoise"]
-    line += (f"; Tweedie PSNR {d['psnr_label']:.2f} dB with label, "
-             f"{d['psnr_null']:.2f} dB without (noisy {d['psnr_noisy']:.2f})")
+  for d in report.get("denoise", []):
+    line += (f"; sigma {d['sigma']:g}: Tweedie PSNR {d['psnr_label']:.2f} dB "
+             f"with label, {d['psnr_null']:.2f} dB without (noisy "
+             f"{d['psnr_noisy']:.2f}, Gaussian filter {d['psnr_filter']:.2f})")
   return line + f" -> {out_dir}"
 
 
@@ -134,8 +142,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
       trained.apply_fn, trained.params, trained.process, ds.images[:m],
       ds.labels[:m], pairs, k, counts=cs.timing_list,
       batch_size=cs.batch_size, param=trained.parameterization)
-  if cs.denoise_sigma > 0:
-    report["denoise"] = _denoise(trained, ds, cs, out_dir)
+  report["denoise"] = [_denoise(trained, ds, cs, sigma, out_dir)
+                       for sigma in cs.denoise_sigma_list]
 
   files.write_json(os.path.join(out_dir, "classify.json"), report)
   with tensorboard.Writer.for_mode(workdir, "classify") as board:
