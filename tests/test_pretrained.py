@@ -175,6 +175,12 @@ def test_demo_mode_writes_its_pictures_and_numbers(shipped, tmp_path):
   steps = [json.loads(l)["step"] for l in
            (out / "train/metrics.jsonl").read_text().splitlines()]
   assert max(steps) == 2
+  # TensorBoard: both pictures and the PSNR of each column.
+  from test_tensorboard import images, read_events, scalars  # pylint: disable=g-import-not-at-top
+  events = read_events(out / "tensorboard" / "demo")
+  assert set(images(events)) == {"denoise", "samples"}
+  assert list(scalars(events)["psnr/noisy"].values()) == pytest.approx(
+      [summary["noisy"]["psnr"]])
 
 
 def test_check_psnr_of_float16_weights_is_the_float32_one(shipped):

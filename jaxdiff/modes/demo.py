@@ -17,6 +17,10 @@ and the OrganAMNIST subset inside the package, it writes to WORKDIR:
 3. `train/`: a short fine-tuning run of the same model on the subset,
    stopped half-way and resumed (as any interrupted run resumes), with
    its loss curve and checkpoints.
+
+TensorBoard (`tensorboard --logdir WORKDIR`) shows the training curves
+(`train/tensorboard`) and, under `tensorboard/demo`, both pictures and the
+PSNR of each column.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from jaxdiff import data as data_lib
 from jaxdiff import files
 from jaxdiff import inverse
 from jaxdiff import settings as settings_lib
+from jaxdiff import tensorboard
 from jaxdiff import train as train_lib
 from jaxdiff import trained as trained_lib
 from jaxdiff import viz
@@ -121,6 +126,12 @@ def run(config, workdir: str) -> dict:
   images = trained.generate(jax.random.key(s.seed + 1), s.sampling.num_samples)
   samples = viz.save_grid(os.path.join(workdir, "samples.png"), images)
   print(f"jaxdiff: -> {samples}", flush=True)
+  with tensorboard.Writer.for_mode(workdir, "demo") as board:
+    board.image_file(trained.step, "denoise", os.path.join(workdir,
+                                                           "denoise.png"))
+    board.image(trained.step, "samples", viz.make_grid(images))
+    board.scalars(trained.step, {f"psnr/{k}": v["psnr"]
+                                 for k, v in summary.items()})
   print(f"jaxdiff: demo: 3/3 fine-tuning for {s.training.num_train_steps} "
         "steps, stopped half-way and resumed ...", flush=True)
   _train_twice(config, workdir)
