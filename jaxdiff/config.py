@@ -213,14 +213,25 @@ def _config_value(value: Any) -> Any:
   return value
 
 
+# Keys that older versions wrote, as (section, key) -> (new key, value map),
+# so that their config.json files and shipped models still load.
+RENAMED_KEYS = {
+    ("classify", "denoise_sigma"): (
+        "denoise_sigmas", lambda v: f"{v:g}" if v > 0 else ""),
+}
+
+
 def from_json(config_json: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """A `to_json` dict (a run's config.json) as a ConfigDict of every key:
   the defaults, overwritten key by key (mappings such as model.kwargs
-  whole)."""
+  whole); keys of `RENAMED_KEYS` under their new names."""
   c = settings_lib.default_config()
   for name, value in config_json.items():
     if name in settings_lib.SECTIONS and isinstance(value, Mapping):
       for key, v in value.items():
+        if (name, key) in RENAMED_KEYS:
+          key, convert = RENAMED_KEYS[(name, key)]
+          v = convert(v)
         c[name][key] = _config_value(v)
     else:
       c[name] = _config_value(value)

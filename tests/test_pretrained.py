@@ -150,6 +150,15 @@ def test_from_json_restores_every_key():
       config_lib.typed(config).model.kwargs
 
 
+def test_from_json_reads_keys_older_versions_wrote():
+  old = config_lib.from_json({"classify": {"denoise_sigma": 0.3}})
+  assert old.classify.denoise_sigmas == "0.3"
+  assert "denoise_sigma" not in old.classify
+  assert config_lib.from_json({"classify": {"denoise_sigma": 0.0}}
+                              ).classify.denoise_sigmas == ""
+  assert config_lib.typed(old).classify.denoise_sigma_list == [0.3]
+
+
 def test_demo_mode_writes_its_pictures_and_numbers(shipped, tmp_path):
   config, _, _ = shipped
   config.init_from = "pretrained:tiny_test"
