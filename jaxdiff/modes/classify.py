@@ -64,14 +64,15 @@ def _denoise(trained, ds: data_lib.Dataset, cs, sigma: float, out_dir: str
       sigma_noise=sigma, num_classes=trained.num_classes,
       key=jax.random.fold_in(jax.random.key(cs.seed), 1),
       batch_size=cs.batch_size, param=trained.parameterization)
-  names = {"noisy": f"noisy (sigma={sigma:g})", "label": "Tweedie, label",
-           "null": "Tweedie, null label",
-           "filter": f"Gaussian filter ({den['filter_width']:g} px)"}
+  names = {"noisy": f"noisy ({sigma:g})", "label": "with label",
+           "null": "null label",
+           "filter": f"filter {den['filter_width']:g} px"}
   viz.comparison_figure(
       os.path.join(out_dir, f"denoise_{sigma:g}.png"),
       {"clean": den["clean"], **{names[k]: den[k] for k in _DENOISE_ROWS}},
       scores={names[k]: den[f"psnr_{k}"] for k in _DENOISE_ROWS},
-      title="One-step denoising with and without the class label")
+      title=(f"One-step Tweedie denoising at sigma {sigma:g}, with and "
+             "without the label; Gaussian filter"))
   return {"sigma": sigma, "t": den["t"], "num_images": n,
           "filter_width": den["filter_width"],
           **{f"{m}_{k}": float(np.mean(den[f"{m}_{k}"]))
