@@ -86,6 +86,13 @@ MODELS: Dict[str, Entry] = {
         about="class-conditional MNIST, 0.64M-parameter U-Net on the "
               "1000-step chain, 9,000 steps on 2 CPU cores: generates by "
               "class, denoises and classifies (docs/conditional/)"),
+    "cifar10_cpu": Entry(
+        sha256="02dcea7094ef5743212be66aba8b83db8d4f42abbbe652add3b177f57908b3f9",
+        config="configs/cifar10.py:cpu",
+        about="class-conditional CIFAR-10, 2.5M-parameter U-Net, "
+              "v-prediction on the 1000-step chain, 3,500 steps on 2 CPU "
+              "cores: generates by class, denoises and classifies "
+              "(docs/conditional/)"),
 }
 
 
