@@ -2,7 +2,8 @@
 against NFE for every sampler, and the denoiser's x0 error against noise level.
 
 For each training run (`--run name=workdir`, restored with the config it was
-trained with, its EMA parameters):
+trained with, its EMA parameters; `--run name=pretrained:NAME` scores a
+shipped model with the config stored in it):
 
 * quality against NFE: `--num` samples per (sampler, NFE) from one fixed key,
   each sampler on its default grid and WITHOUT clipping, scored by the
@@ -49,6 +50,7 @@ import numpy as np
 from jaxdiff import data as data_lib
 from jaxdiff import feature_distance
 from jaxdiff import files
+from jaxdiff import pretrained as pretrained_lib
 from jaxdiff import samplers as samplers_lib
 from jaxdiff import sde as sde_lib
 from jaxdiff import trained as trained_lib
@@ -63,10 +65,16 @@ REFERENCE = "ddpm:1000"
 def restore(workdir: str, clip: bool = False) -> trained_lib.Trained:
   """The run's model with the config it was trained with; sampling set to
   each sampler's own grid, x0_hat clipped to [-1, 1] only if `clip`."""
-  saved = workdir_lib.read_config(workdir)
-  if saved is None:
-    raise SystemExit(f"{workdir}/config.json is missing: not a training run.")
-  trained = trained_lib.restore(ml_collections.ConfigDict(saved), workdir)
+  if workdir.startswith(pretrained_lib.PREFIX):  # its stored config
+    _, _, config = pretrained_lib.load(pretrained_lib.parse(workdir))
+    config.init_from = workdir
+  else:
+    saved = workdir_lib.read_config(workdir)
+    if saved is None:
+      raise SystemExit(f"{workdir}/config.json is missing: not a training "
+                       "run (or give pretrained:NAME).")
+    config = ml_collections.ConfigDict(saved)
+  trained = trained_lib.restore(config, workdir)
   s = trained.settings
   sampling = dataclasses.replace(s.sampling, grid="default",
                                  clip_denoised=clip)

@@ -68,3 +68,14 @@ def test_benchmark_scores_each_run_with_its_own_parameterization(tmp_path):
   parameterizations.main(["--merge", out, "--out", merged])
   assert json.loads(open(merged).read())["runs"] == res["runs"]
   assert os.path.exists(merged.replace(".json", "_fd.png"))
+
+
+def test_restore_takes_a_shipped_model_with_its_stored_config(tmp_path):
+  trained = parameterizations.restore("pretrained:mnist_cond_cpu", clip=True)
+  s = trained.settings
+  assert s.init_from == "pretrained:mnist_cond_cpu"
+  assert s.data.name == "mnist" and s.training.conditional
+  assert trained.step > 0
+  assert s.sampling.grid == "default" and s.sampling.clip_denoised
+  with pytest.raises(SystemExit, match="pretrained:NAME"):
+    parameterizations.restore(str(tmp_path))
