@@ -283,3 +283,25 @@ def test_bad_options_are_refused():
     lk.chain_bound(sde, dn, x, key)
   with pytest.raises(ValueError, match="variance"):
     lk.chain_bound(_chain(2, 0.1, 0.3), dn, x, key, variance="learned")
+
+
+def test_pixel_categorical_baseline_matches_its_closed_form():
+  # Two 2-pixel training images: pixel 0 always level 3, pixel 1 levels 0
+  # and 1; 4 levels, alpha = 1: p_0(3) = 3/6, p_1(0) = p_1(1) = 2/6.
+  train = np.array([[3, 0], [3, 1]], np.uint8)
+  table = lk.pixel_categorical_log_probs(train, alpha=1.0, num_bins=4)
+  np.testing.assert_allclose(np.exp(table).sum(axis=1), 1.0)
+  np.testing.assert_allclose(np.exp(table[0]), [1 / 6, 1 / 6, 1 / 6, 3 / 6])
+  bpd = lk.pixel_categorical_bits_per_dim(table, np.array([[3, 1], [0, 2]]))
+  np.testing.assert_allclose(
+      bpd, [-(np.log2(3 / 6) + np.log2(2 / 6)) / 2,
+            -(np.log2(1 / 6) + np.log2(1 / 6)) / 2])
+  # Counting in chunks gives the same table; no data -> uniform: 8 bits.
+  np.testing.assert_allclose(
+      lk.pixel_categorical_log_probs(train, num_bins=4, chunk=1), table)
+  uniform = lk.pixel_categorical_log_probs(np.zeros((0, 5), np.uint8))
+  np.testing.assert_allclose(
+      lk.pixel_categorical_bits_per_dim(uniform, np.zeros((3, 5), np.uint8)),
+      8.0)
+  with pytest.raises(ValueError, match="alpha must be > 0"):
+    lk.pixel_categorical_log_probs(train, alpha=0.0)

@@ -22,6 +22,7 @@ from configs import mnist_ddgm
 from configs import mnist_ddpm
 from configs import organamnist
 from jaxdiff import config as config_lib
+from jaxdiff import data as data_lib
 from jaxdiff import likelihood as lk
 from jaxdiff import run as run_lib
 from jaxdiff import settings as settings_lib
@@ -74,6 +75,15 @@ def test_ode_mode_end_to_end(tmp_path):
   assert r["compile_time_s"] > 0 and r["time_per_image_s"] > 0
   assert r["options"]["divergence"] == "hutchinson"
   assert "+ 7" in r["conventions"]["units"]
+  # The baseline: the per-pixel categorical of the train split, same images.
+  data = settings_lib.from_config(config).data
+  train = data_lib.config_split(data, "train").images
+  test = data_lib.config_split(data, "test", 4).images
+  base = lk.pixel_categorical_bits_per_dim(
+      lk.pixel_categorical_log_probs(train), test)
+  assert r["baseline"]["train_images"] == len(train)
+  np.testing.assert_allclose(r["baseline"]["bpd_mean"], base.mean())
+  assert 0 < r["baseline"]["bpd_mean"] < 8
   # eps = 0: x_T = (alpha_T / alpha_eps) y, log-det D log(alpha_T/alpha_eps),
   # and x_T ~ 0.01 y, so log p_y = D (log r - 1/2 log 2 pi) up to |x_T|^2/2
   # (< 1e-4 nats/dim); bits/dim = -log p_y / (D ln 2) + 7. The default
