@@ -84,6 +84,9 @@ def test_ode_mode_end_to_end(tmp_path):
   assert r["baseline"]["train_images"] == len(train)
   np.testing.assert_allclose(r["baseline"]["bpd_mean"], base.mean())
   assert 0 < r["baseline"]["bpd_mean"] < 8
+  assert r["baseline"]["fraction_model_below"] == np.mean(r["bpd"] < base)
+  assert os.path.getsize(os.path.join(workdir, "likelihood",
+                                      "bpd_histogram.png")) > 0
   # eps = 0: x_T = (alpha_T / alpha_eps) y, log-det D log(alpha_T/alpha_eps),
   # and x_T ~ 0.01 y, so log p_y = D (log r - 1/2 log 2 pi) up to |x_T|^2/2
   # (< 1e-4 nats/dim); bits/dim = -log p_y / (D ln 2) + 7. The default

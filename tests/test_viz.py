@@ -279,3 +279,14 @@ def test_curves_figure(tmp_path):
   assert path.endswith("curves.png")
   with Image.open(path) as im:
     assert im.size[0] > im.size[1] > 200
+
+
+def test_histograms_figure(tmp_path):
+  rng = np.random.default_rng(0)
+  values = {"model": rng.normal(5.8, 1.0, 200),
+            "baseline": np.append(rng.normal(7.1, 0.8, 200), np.nan)}
+  path = viz.histograms_figure(tmp_path / "h" / "bpd.png", values,
+                               xlabel="bits/dim", title="two samples")
+  assert path.endswith("bpd.png")
+  with Image.open(path) as im:
+    assert im.size[0] > im.size[1] > 200

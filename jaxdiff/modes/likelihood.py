@@ -12,7 +12,11 @@ Each batch is one jitted call, split over the local devices when their count
 divides the (rounded-up) batch; the last batch is padded with copies of its
 last image. Batch i uses the key fold_in(key(config.likelihood.seed), i).
 Writes WORKDIR/likelihood/metrics.json (or `out_dir`), rewritten after each
-batch: an interrupted run keeps the batches it finished.
+batch: an interrupted run keeps the batches it finished. Beside the model's
+figures it reports a simple baseline on the same images, a per-pixel
+independent categorical fitted on the train split
+(`jaxdiff.likelihood.pixel_categorical_log_probs`), and at the end draws both
+per-image distributions in bpd_histogram.png.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +39,7 @@ from jaxdiff import likelihood as lk
 from jaxdiff import sde as sde_lib
 from jaxdiff import settings as settings_lib
 from jaxdiff import trained as trained_lib
+from jaxdiff import viz
 
 UNITS = {
     "ode": ("bits/dim of the 8-bit images: -(log p_y(y) + D log(2/256)) / "
@@ -195,9 +200,10 @@ def _header(s, ls, method, trained, t_eps, n, n_split) -> Dict[str, Any]:
   }
 
 
-def _baseline(s, x: np.ndarray) -> Dict[str, Any]:
+def _baseline(s, x: np.ndarray) -> Tuple[Dict[str, Any], np.ndarray]:
   """The per-pixel categorical fitted on the training split, scored on the
-  same images: what the model's bits/dim is read against."""
+  same images (what the model's bits/dim is read against): its summary and
+  per-image bits/dim."""
   train = np.asarray(data_lib.config_split(s.data, "train").images)
   bpd = lk.pixel_categorical_bits_per_dim(
       lk.pixel_categorical_log_probs(train, alpha=1.0), x)
@@ -205,7 +211,7 @@ def _baseline(s, x: np.ndarray) -> Dict[str, Any]:
                   "fitted on the train split",
           "train_images": len(train), "bpd_mean": float(bpd.mean()),
           "bpd_stderr": (float(bpd.std(ddof=1) / math.sqrt(len(bpd)))
-                         if len(bpd) > 1 else None)}
+                         if len(bpd) > 1 else None)}, bpd
 
 
 def _compile(fn, params, x, key, mesh):
@@ -235,7 +241,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
                           "metrics.json")
   header = _header(s, ls, method, trained, t_eps, n, n_split)
   header["options"]["batch_size_used"] = bs
-  header["baseline"] = _baseline(s, x)
+  header["baseline"], base_bpd = _baseline(s, x)
   print(f"jaxdiff: likelihood ({method}): {n} {s.data.name} {ls.data_split} "
         f"images, checkpoint step {trained.step}, batches of {bs} split over "
         f"{n_split} device(s).", flush=True)
@@ -274,8 +280,29 @@ def run(config, workdir: str) -> Dict[str, Any]:
       bar.update(len(xb))
   if bar is not None:
     bar.close()
+  _compare(result, base_bpd, out_path)
   _print_summary(result, out_path)
   return result
+
+
+def _compare(result: Dict[str, Any], base_bpd: np.ndarray,
+             out_path: str) -> None:
+  """Adds the share of images the model scores below the baseline and
+  writes bpd_histogram.png (both per image) beside metrics.json."""
+  bpd = np.asarray(result["bpd"], np.float64)
+  ok = np.isfinite(bpd) & np.asarray(
+      [i not in set(result["failed_images"]) for i in range(len(bpd))])
+  result["baseline"]["fraction_model_below"] = (
+      float(np.mean(bpd[ok] < base_bpd[ok])) if ok.any() else None)
+  if not distributed.is_main():
+    return
+  files.write_json(out_path, result, indent=1)
+  viz.histograms_figure(
+      os.path.join(os.path.dirname(out_path), "bpd_histogram.png"),
+      {f"model ({result['method']})": bpd[ok],
+       "per-pixel categorical": base_bpd[ok]},
+      xlabel="bits/dim per image",
+      title=f"{result['data']} {result['split']}: {int(ok.sum())} images")
 
 
 def _print_summary(r: Dict[str, Any], path: str) -> None:

@@ -13,17 +13,20 @@ images as RGB. A 3-D batch [N, H, W] is read as 1-channel.
 * `images`: `make_grid`, `save_grid` (the one sample-grid writer),
   `forward_strip`, `frame_strip`, `reverse_gif`, `comparison_figure`.
 * `charts`: `schedules_figure`, `noise_histograms`, `read_metrics`,
-  `loss_curves`, `confusion_matrix_figure`, `curves_figure`.
+  `loss_curves`, `confusion_matrix_figure`, `curves_figure`,
+  `histograms_figure`.
 """
 from jaxdiff.viz.canvas import to_uint8
 from jaxdiff.viz.charts import (confusion_matrix_figure, curves_figure,
-                                loss_curves, noise_histograms, read_metrics,
+                                histograms_figure, loss_curves,
+                                noise_histograms, read_metrics,
                                 schedules_figure)
 from jaxdiff.viz.images import (comparison_figure, forward_strip,
                                 frame_strip, make_grid, reverse_gif,
                                 save_grid)
 
 __all__ = ["comparison_figure", "confusion_matrix_figure", "curves_figure",
-           "forward_strip", "frame_strip", "loss_curves", "make_grid",
+           "forward_strip", "frame_strip", "histograms_figure", "loss_curves",
+           "make_grid",
            "noise_histograms", "read_metrics", "reverse_gif", "save_grid",
            "schedules_figure", "to_uint8"]

@@ -328,3 +328,43 @@ def curves_figure(path: PathLike,
     ax.legend(fontsize=FONT_SIZE)
   fig.tight_layout()
   return save_figure(fig, path)
+
+
+def histograms_figure(path: PathLike, values: Mapping[str, np.ndarray], *,
+                      xlabel: str, bins: int = 40,
+                      title: Optional[str] = None) -> str:
+  """Overlaid histograms of named samples on shared bins, each with its
+  mean as a dashed line (e.g. per-image bits/dim of a model and a baseline).
+
+  Args:
+    path: Output PNG path.
+    values: name -> values [N] (non-finite values are left out).
+    xlabel: x-axis label.
+    bins: the number of shared bins.
+    title: Figure title.
+
+  Returns:
+    The path written.
+  """
+  finite = {k: np.asarray(v, np.float64).ravel() for k, v in values.items()}
+  finite = {k: v[np.isfinite(v)] for k, v in finite.items()}
+  pooled = np.concatenate([v for v in finite.values()] or [np.zeros(1)])
+  edges = np.histogram_bin_edges(pooled if pooled.size else [0.0, 1.0],
+                                 bins=bins)
+  fig = new_figure((6.0, 4.2))
+  ax = fig.subplots()
+  for i, (name, v) in enumerate(finite.items()):
+    color = f"C{i}"
+    label = f"{name} (mean {v.mean():.3f})" if v.size else str(name)
+    ax.hist(v, bins=edges, alpha=0.5, color=color, label=label)
+    if v.size:
+      ax.axvline(v.mean(), color=color, ls="--", lw=1.4)
+  ax.set_xlabel(xlabel, fontsize=FONT_SIZE + 1)
+  ax.set_ylabel("count", fontsize=FONT_SIZE + 1)
+  if title:
+    ax.set_title(title, fontsize=FONT_SIZE + 2)
+  ax.grid(True, alpha=0.3)
+  if finite:
+    ax.legend(fontsize=FONT_SIZE)
+  fig.tight_layout()
+  return save_figure(fig, path)
