@@ -139,13 +139,25 @@ def plot(results: Dict[str, Any], path: str) -> None:
       4.2 * len(results["runs"]), 3.6), squeeze=False, sharey=True)
   for ax, (name, run) in zip(axes[0], sorted(results["runs"].items())):
     by_method: Dict[str, list] = {}
-    for p in run["quality"].values():
+    other_seeds: Dict[str, list] = {}
+    for key, p in run["quality"].items():
       label = p["method"] + ("+clip" if p.get("clip") else "")
-      by_method.setdefault(label, []).append(p)
+      # Points of other sample seeds are shown unjoined: one line per sampler.
+      (other_seeds if "#seed" in key else by_method).setdefault(
+          label, []).append(p)
     for method, pts in sorted(by_method.items()):
       pts.sort(key=lambda p: p["nfe"])
+      line, = ax.plot([p["seconds_per_image"] for p in pts],
+                      [p["fd"] for p in pts],
+                      "o-" if len(pts) > 1 else "*", label=method, ms=4)
+      extra = other_seeds.pop(method, [])
+      if extra:
+        ax.plot([p["seconds_per_image"] for p in extra],
+                [p["fd"] for p in extra], "x", color=line.get_color(), ms=5,
+                label=f"{method}, other sample seeds")
+    for method, pts in sorted(other_seeds.items()):
       ax.plot([p["seconds_per_image"] for p in pts], [p["fd"] for p in pts],
-              "o-" if len(pts) > 1 else "*", label=method, ms=4)
+              "x", ms=5, label=f"{method}, other sample seeds")
     if run["quality"]:
       floor = next(iter(run["quality"].values()))["floor"]
       ax.axhline(floor, color="grey", ls=":", label="real floor")
