@@ -23,6 +23,7 @@ if str(REPO) not in sys.path:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import mnist_ddpm
+import launch_helpers  # pylint: disable=g-bad-import-order
 from jaxdiff import checkpoint as ckpt_lib
 from jaxdiff import config as config_lib
 from jaxdiff import train
@@ -417,6 +418,7 @@ def test_launch_resumes_with_clipping_switched_off(tmp_path):
   for k in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
             "JAX_PROCESS_ID", "JAXDIFF_DISTRIBUTED"):
     env.pop(k, None)
+  env["XLA_FLAGS"] = launch_helpers.xla_flags()
   cmd = [sys.executable, str(REPO / "launch.py"), "--workdir",
          str(tmp_path / "w"), "--config", "configs/organamnist.py:tiny",
          "--config.data.name=organamnist_small"]

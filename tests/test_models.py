@@ -61,11 +61,15 @@ def _configured(name: str, variant: str = ""):
 
 @jax.jit
 def _randomized(params, key, scale=0.1):
-  """Params replaced by N(0, scale^2) draws: no zero-initialised output."""
+  """Params (arrays or shapes) replaced by N(0, scale^2) draws: no
+  zero-initialised output. One draw cut into the leaves: a draw per leaf
+  costs XLA:CPU seconds of compilation per network."""
   leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(tree, [scale * jax.random.normal(k, p.shape)
-                                   for k, p in zip(keys, leaves)])
+  sizes = [int(np.prod(p.shape)) for p in leaves]
+  flat = scale * jax.random.normal(key, (sum(sizes),))
+  parts = jnp.split(flat, np.cumsum(sizes)[:-1])
+  return jax.tree.unflatten(tree, [part.reshape(p.shape)
+                                   for part, p in zip(parts, leaves)])
 
 
 # ------------------------------------------------------- parameter counts
@@ -141,8 +145,8 @@ def test_output_shape_equals_input_shape(name, kwargs, image_shape):
   x, t, _ = _inputs(2, image_shape)
 
   @jax.jit
-  def forward(key):  # one compilation for init and apply
-    params = _randomized(model.init(key, x, t), jax.random.fold_in(key, 1))
+  def forward(key):  # one compilation for the draw and apply
+    params = _randomized(jax.eval_shape(model.init, key, x, t), key)
     return model.apply(params, x, t)
   out = forward(jax.random.key(1))
   assert out.shape == x.shape and out.dtype == jnp.float32
@@ -193,8 +197,8 @@ def test_conditional_networks_take_every_label_and_the_null_class(name):
   assert k is not None
   x, t, _ = _inputs(k + 1, shape)
   y = jnp.arange(k + 1, dtype=jnp.int32)  # 0 .. K-1 and the null class K
-  params = _randomized(jax.jit(model.init)(jax.random.key(0), x, t, y),
-                       jax.random.key(1))
+  params = _randomized(
+      jax.eval_shape(model.init, jax.random.key(0), x, t, y), jax.random.key(1))
   apply = jax.jit(model.apply)
   out = apply(params, x, t, y)
   assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
@@ -217,8 +221,8 @@ def test_each_label_changes_the_prediction(name, kwargs):
   model = models.make_model(name, num_classes=k, **kwargs)
   x, t, _ = _inputs(k + 1, (8, 8, 1))
   y = jnp.arange(k + 1, dtype=jnp.int32)  # 0 .. K-1 and the null class K
-  params = _randomized(jax.jit(model.init)(jax.random.key(0), x, t, y),
-                       jax.random.key(1))
+  params = _randomized(
+      jax.eval_shape(model.init, jax.random.key(0), x, t, y), jax.random.key(1))
   apply = jax.jit(model.apply)
   out, other = apply(params, x, t, y), apply(params, x, t, (y + 1) % (k + 1))
   diff = jnp.max(jnp.abs(out - other), axis=(1, 2, 3))    # [K + 1]

@@ -19,6 +19,8 @@ import textwrap
 import numpy as np
 import pytest
 
+import launch_helpers  # pylint: disable=g-bad-import-order
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 420
 
@@ -82,6 +84,7 @@ def _env(**extra):
       JAX_COMPILATION_CACHE_DIR=os.environ.get("JAXDIFF_TEST_JIT_CACHE")
       or os.path.join(tempfile.gettempdir(), "jaxdiff_test_jit_cache"))
   env.update(extra)
+  env["XLA_FLAGS"] = launch_helpers.xla_flags(extra.get("XLA_FLAGS", ""))
   return env
 
 

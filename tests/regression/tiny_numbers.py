@@ -22,6 +22,8 @@ import tempfile
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+import launch_helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # (name, config, extra flags). All run on one device: results do not depend
 # on the machine's core count.
@@ -41,7 +43,8 @@ MODES = {"organamnist": ("train", "sample", "denoise"),
 def _env(data_dir):
   env = dict(os.environ)
   env.update(PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  # The tests' compiler flags (no device count), recorded and compared alike.
+  env["XLA_FLAGS"] = launch_helpers.xla_flags()
   if data_dir:
     env["JAXDIFF_DATA_DIR"] = data_dir
   return env
