@@ -414,11 +414,7 @@ def test_kill_9_during_save_keeps_previous_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_launch_resumes_with_clipping_switched_off(tmp_path):
   """An organamnist run (grad_clip 1) goes on with grad_clip=0."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  for k in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
-            "JAX_PROCESS_ID", "JAXDIFF_DISTRIBUTED"):
-    env.pop(k, None)
-  env["XLA_FLAGS"] = launch_helpers.xla_flags()
+  env = launch_helpers.launch_env()
   cmd = [sys.executable, str(REPO / "launch.py"), "--workdir",
          str(tmp_path / "w"), "--config", "configs/organamnist.py:tiny",
          "--config.data.name=organamnist_small"]
