@@ -75,14 +75,7 @@ _EIGHT_VS_ONE = textwrap.dedent("""
 
 
 def _env(**extra):
-  env = dict(os.environ)
-  for k in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
-            "JAX_PROCESS_ID", "JAXDIFF_DISTRIBUTED"):
-    env.pop(k, None)
-  env.update(
-      PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
-      JAX_COMPILATION_CACHE_DIR=os.environ.get("JAXDIFF_TEST_JIT_CACHE")
-      or os.path.join(tempfile.gettempdir(), "jaxdiff_test_jit_cache"))
+  env = launch_helpers.launch_env()
   env.update(extra)
   env["XLA_FLAGS"] = launch_helpers.xla_flags(extra.get("XLA_FLAGS", ""))
   return env
