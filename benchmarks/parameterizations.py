@@ -99,10 +99,12 @@ def quality_point(trained, clf, test, floor, method: str, nfe: int, num: int,
   params = trained.spread_params(batch)
   key = jax.random.key(seed)
   t0 = time.time()
-  jax.block_until_ready(fn(params, key))         # compile (and one batch)
+  # Compiled ahead of time: no discarded batch (a third of the work of a
+  # 1000-step reference at 256 samples in batches of 128).
+  compiled = fn.lower(params, key, None).compile()
   compile_s = time.time() - t0
   t0 = time.time()
-  images = trained_lib.generate(fn, params, key, num, batch)
+  images = trained_lib.generate(compiled, params, key, num, batch)
   seconds = time.time() - t0
   q = feature_distance.sample_quality(clf, images, test.images, floor)
   stepper = samplers_lib.make_sampler(method, trained.process,
