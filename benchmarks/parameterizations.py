@@ -83,18 +83,12 @@ def restore(workdir: str, clip: bool = False) -> trained_lib.Trained:
                                                           sampling=sampling))
 
 
-def steps_for_nfe(trained, method: str, nfe: int) -> int:
-  """Grid points whose NFE is closest to nfe (`samplers.nfe`)."""
-  stepper = samplers_lib.make_sampler(method, trained.process,
-                                      lambda x, t: None)
-  k = stepper.nfe_per_step
-  return max(1, round((nfe - 1) / k) + 1)
-
-
 def quality_point(trained, clf, test, floor, method: str, nfe: int, num: int,
                   batch: int, seed: int) -> Dict[str, Any]:
   """FD of `num` samples of one sampler at about `nfe` evaluations."""
-  steps = steps_for_nfe(trained, method, nfe)
+  steps = samplers_lib.steps_for_nfe(
+      samplers_lib.make_sampler(method, trained.process, lambda x, t: None),
+      trained.process, nfe)
   fn = trained.sample_fn(method=method, steps=steps, batch_size=batch)
   params = trained.spread_params(batch)
   key = jax.random.key(seed)

@@ -99,23 +99,12 @@ def restore_checkpoint(config, directory: str, use_ema: bool = True):
 
 
 def steps_for_nfe(stepper: samplers_lib.Stepper, sde, nfe: int, grid: str):
-  """The grid whose NFE is closest to `nfe` (ties: the cheaper one).
-
-  integrate spends nfe_per_step per transition plus 1 for the final denoising
-  step, so heun and pc (2 per step) can only hit odd NFEs. grid 'default':
-  the sampler's own (`Stepper.grid`).
-  """
-  if grid == "default":
-    grid = stepper.grid
-  k = stepper.nfe_per_step
-  best = None
-  for steps in {max(1, (nfe - 1) // k + 1), max(1, (nfe - 1) // k + 2)}:
-    ts = samplers_lib.time_grid(sde, steps, kind=grid)
-    got = samplers_lib.nfe(stepper, ts)
-    key = (abs(got - nfe), got)
-    if best is None or key < best[0]:
-      best = (key, steps, ts, got)
-  return best[1], best[2], best[3]
+  """(steps, ts, actual NFE) of the grid closest to `nfe` evaluations
+  (`samplers.steps_for_nfe`)."""
+  steps = samplers_lib.steps_for_nfe(stepper, sde, nfe, grid=grid)
+  ts = samplers_lib.time_grid(
+      sde, steps, kind=stepper.grid if grid == "default" else grid)
+  return steps, ts, samplers_lib.nfe(stepper, ts)
 
 
 # ----------------------------------------------------------------- timing

@@ -481,6 +481,31 @@ def nfe(stepper: Stepper, ts) -> int:
   return stepper.nfe_per_step * (len(ts) - 1 - final) + final
 
 
+def steps_for_nfe(stepper: Stepper, sde: Process, target: int, *,
+                  grid: Optional[str] = None,
+                  t_max: Optional[float] = None) -> int:
+  """The `steps` whose grid costs the NFE closest to `target` (ties: the
+  cheaper one), for comparing samplers at equal cost.
+
+  A 2-evaluation step (heun, pc) can only reach odd NFEs, and a discrete
+  chain drops grid points that snap to the same step, so the count is
+  measured with `nfe` on the grid, not computed. grid None or 'default':
+  the sampler's own (`Stepper.grid`).
+  """
+  if int(target) != target or target < 1:
+    raise ValueError(f"target NFE must be a positive integer, got {target}.")
+  kind = stepper.grid if grid in (None, "", "default") else grid
+
+  def cost(steps):
+    return nfe(stepper, time_grid(sde, steps, kind=kind, t_max=t_max))
+
+  steps = max(1, (target - 1) // stepper.nfe_per_step + 1)
+  while cost(steps) < target and steps <= 2 * target:  # snapped duplicates
+    steps += 1
+  return min({max(1, steps - 1), steps},
+             key=lambda n: (abs(cost(n) - target), cost(n)))
+
+
 def sample(name: str, sde: Process, denoise_fn: DenoiseFn, key: Array,
            shape, *, steps: int, grid: Optional[str] = None,
            trajectory_every: int = 0, x_init: Optional[Array] = None,

@@ -806,6 +806,32 @@ def test_jitted_sampler_does_not_retrace():
   assert not np.allclose(a, b)
 
 
+@pytest.mark.parametrize("spec", ["vp_linear", "vp_discrete"])
+def test_steps_for_nfe_is_the_closest_cost(spec):
+  """steps_for_nfe hits every reachable NFE exactly, takes the cheaper of two
+  equally close ones (2-evaluation steps only reach odd NFEs), and measures
+  the cost on the grid: a discrete chain drops points that snap together
+  (DPM-Solver++'s logSNR grid on T = 1000 does for 100 steps)."""
+  sde = _make_sde(spec)
+  for name in ["dpm_solver_pp", "euler", "heun"]:
+    stepper = samplers.make_sampler(name, sde, lambda x, t: None)
+    for target in [1, 10, 20, 50, 100]:
+      steps = samplers.steps_for_nfe(stepper, sde, target)
+      got = samplers.nfe(stepper, samplers.time_grid(sde, steps,
+                                                     kind=stepper.grid))
+      costs = {samplers.nfe(stepper, samplers.time_grid(
+          sde, n, kind=stepper.grid)) for n in range(1, 2 * target + 3)}
+      best = min(costs, key=lambda c: (abs(c - target), c))
+      assert got == best, (name, target, steps, got, best)
+      if stepper.nfe_per_step == 1:
+        assert got == target, (name, target, got)
+  heun = samplers.make_sampler("heun", sde, lambda x, t: None)
+  assert samplers.nfe(heun, samplers.time_grid(
+      sde, samplers.steps_for_nfe(heun, sde, 20), kind=heun.grid)) == 19
+  with pytest.raises(ValueError, match="positive integer"):
+    samplers.steps_for_nfe(heun, sde, 0)
+
+
 def test_nfe_counts_network_calls():
   """nfe(stepper, ts) is the number of denoiser evaluations at run time."""
   sde = _make_sde("vp_linear")
