@@ -133,6 +133,13 @@ def plot(results: Dict[str, Any], path: str) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, len(results["runs"]), figsize=(
       4.2 * len(results["runs"]), 3.6), squeeze=False, sharey=True)
+  # One colour per sampler in every panel.
+  labels = sorted({p["method"] + ("+clip" if p.get("clip") else "")
+                   for run in results["runs"].values()
+                   for p in run["quality"].values()})
+  cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"] + [
+      "black", "olive", "navy"]
+  color = {label: cycle[i % len(cycle)] for i, label in enumerate(labels)}
   for ax, (name, run) in zip(axes[0], sorted(results["runs"].items())):
     by_method: Dict[str, list] = {}
     other_seeds: Dict[str, list] = {}
@@ -143,17 +150,13 @@ def plot(results: Dict[str, Any], path: str) -> None:
           label, []).append(p)
     for method, pts in sorted(by_method.items()):
       pts.sort(key=lambda p: p["nfe"])
-      line, = ax.plot([p["seconds_per_image"] for p in pts],
-                      [p["fd"] for p in pts],
-                      "o-" if len(pts) > 1 else "*", label=method, ms=4)
-      extra = other_seeds.pop(method, [])
-      if extra:
-        ax.plot([p["seconds_per_image"] for p in extra],
-                [p["fd"] for p in extra], "x", color=line.get_color(), ms=5,
-                label=f"{method}, other sample seeds")
+      ax.plot([p["seconds_per_image"] for p in pts], [p["fd"] for p in pts],
+              "o-" if len(pts) > 1 else "*", label=method, ms=4,
+              color=color[method])
     for method, pts in sorted(other_seeds.items()):
       ax.plot([p["seconds_per_image"] for p in pts], [p["fd"] for p in pts],
-              "x", ms=5, label=f"{method}, other sample seeds")
+              "x", ms=5, color=color[method],
+              label=f"{method}, other sample seeds")
     if run["quality"]:
       floor = next(iter(run["quality"].values()))["floor"]
       ax.axhline(floor, color="grey", ls=":", label="real floor")
