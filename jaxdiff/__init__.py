@@ -8,6 +8,7 @@ and loading a config stay cheap):
   `make_parameterization`) and the denoiser every sampler, DPS and the
   classifier call: `model_denoiser(...)(x, t) -> Prediction(eps, x0)`.
 * `samplers`: one `lax.scan` integrator; samplers by name (`SAMPLERS`).
+* `grids`: time grids by name (`GRIDS`, `time_grid`).
 * `models`: U-Net and the coursework CNN (`make_model`).
 * `losses`: the diffusion loss (weightings) + frequency loss.
 * `settings`: every config default, one typed dataclass per section.
@@ -23,13 +24,13 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("checkpoint", "classifier", "config", "data", "denoiser",
-               "feature_distance", "figures", "gamma", "inverse", "losses",
-               "metrics", "models", "samplers", "schedules", "sde",
+               "feature_distance", "figures", "gamma", "grids", "inverse",
+               "losses", "metrics", "models", "samplers", "schedules", "sde",
                "settings", "train", "trained", "viz")
 _NAMES = {
     "diffusion_loss": "losses", "make_model": "models",
     "SAMPLERS": "samplers", "integrate": "samplers",
-    "make_sampler": "samplers", "sample": "samplers", "time_grid": "samplers",
+    "make_sampler": "samplers", "sample": "samplers", "time_grid": "grids",
     "make_schedule": "schedules", "SDES": "sde", "VESDE": "sde",
     "VPSDE": "sde", "SubVPSDE": "sde", "FlowSDE": "sde", "make_sde": "sde",
     "PARAMETERIZATIONS": "denoiser", "Prediction": "denoiser",

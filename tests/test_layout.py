@@ -2,8 +2,8 @@
 
 - Nothing under `jaxdiff/` except `run.py` and `modes/` imports `jaxdiff.run`
   or `jaxdiff.modes`.
-- The core modules (`CORE`: schedules, SDEs, the denoiser, the samplers)
-  import no other part of jaxdiff.
+- The core modules (`CORE`: schedules, SDEs, the denoiser, time grids, the
+  samplers) import no other part of jaxdiff.
 - Loading any config file imports neither flax, JAX nor matplotlib.
 - Every mode in `run.MODES` is a module of `jaxdiff/modes/` with `run`, and
   every module there is in the table.
@@ -38,7 +38,7 @@ def _imports(path):
 
 
 # The core: pure diffusion math every library above builds on.
-CORE = ("registry", "schedules", "sde", "denoiser", "samplers")
+CORE = ("registry", "schedules", "sde", "denoiser", "grids", "samplers")
 
 
 def _is_top_layer(path):
