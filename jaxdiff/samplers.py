@@ -410,8 +410,13 @@ def steps_for_nfe(stepper: Stepper, sde: Process, target: int, *,
     raise ValueError(f"target NFE must be a positive integer, got {target}.")
   kind = stepper.grid if grid in (None, "", "default") else grid
 
+  costs = {}  # steps -> NFE, each grid built once
+
   def cost(steps):
-    return nfe(stepper, time_grid(sde, steps, kind=kind, t_max=t_max))
+    if steps not in costs:
+      costs[steps] = nfe(stepper, time_grid(sde, steps, kind=kind,
+                                            t_max=t_max))
+    return costs[steps]
 
   steps = max(1, (target - 1) // stepper.nfe_per_step + 1)
   while cost(steps) < target and steps <= 2 * target:  # snapped duplicates
